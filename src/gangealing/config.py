@@ -7,7 +7,7 @@ Each config holds only primitives (ints, floats, strings, tuples of them) so tha
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Tuple, Type, TypeVar
 
 T = TypeVar("T", bound="_Base")
@@ -92,17 +92,31 @@ class TargetConfig(_Base):
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Base):
-    """Everything needed to rebuild a GANgealing model from a checkpoint."""
+class ClassifierConfig(_Base):
+    """Cluster classifier (the original's ResnetClassifier): routes a real image to a cluster.
 
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    stn: STNConfig = field(default_factory=STNConfig)
-    target: TargetConfig = field(default_factory=TargetConfig)
+    It has the similarity transformer's trunk (so it can start from its weights) and predicts
+    ``num_clusters * (2 if flips else 1)`` logits: with flips, class ``k + num_clusters`` means
+    "cluster k, mirrored".
+    """
 
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
-        return cls(
-            generator=GeneratorConfig.from_dict(d["generator"]),
-            stn=STNConfig.from_dict(d["stn"]),
-            target=TargetConfig.from_dict(d["target"]),
-        )
+    size: int = 128
+    input_size: int = 128
+    channel_multiplier: float = 0.5
+    max_channels: int = 512
+    num_clusters: int = 1
+    flips: bool = False
+    image_channels: int = 3
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_clusters * (2 if self.flips else 1)
+
+
+CONFIGS = {
+    "generator": GeneratorConfig,
+    "discriminator": DiscriminatorConfig,
+    "stn": STNConfig,
+    "target": TargetConfig,
+    "classifier": ClassifierConfig,
+}

@@ -17,17 +17,24 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
 Size = Union[int, Sequence[int]]
 
 
-def _size_xy(size: Size, like: torch.Tensor) -> torch.Tensor:
-    """(W, H) of ``size`` (an int for square images, or ``(H, W)``) as a tensor like ``like``."""
+def _size_hw(size: Size) -> tuple:
+    """``(H, W)`` of ``size``: an int for square images, or ``(H, W)``."""
     if isinstance(size, int):
-        h = w = size
-    else:
-        h, w = size
-    return torch.tensor([w, h], dtype=like.dtype, device=like.device)
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def _size_xy(size: Size, like: torch.Tensor) -> torch.Tensor:
+    """(W, H) of ``size`` (an int for square images, or ``(H, W)``) as a float tensor like ``like``."""
+    h, w = _size_hw(size)
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    return torch.tensor([w, h], dtype=dtype, device=like.device)
 
 
 def pixel_to_norm(points: torch.Tensor, size: Size) -> torch.Tensor:
@@ -53,17 +60,63 @@ def identity_grid(
 ) -> torch.Tensor:
     """The identity sampling grid ``(batch, H, W, 2)``: pixel centres in normalised (x, y).
 
-    Equal to ``F.affine_grid(eye(2, 3), (batch, 1, H, W), align_corners=False)``.
+    Built with ``F.affine_grid(eye(2, 3), (batch, 1, H, W), align_corners=False)`` itself, so it
+    is bitwise equal to the original's identity flow; nearest-neighbour searches on the grid
+    (key-point congealing) then break ties exactly as the original does.
     """
-    if isinstance(size, int):
-        h = w = size
-    else:
-        h, w = size
-    xs = (2 * torch.arange(w, device=device, dtype=dtype) + 1) / w - 1
-    ys = (2 * torch.arange(h, device=device, dtype=dtype) + 1) / h - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    grid = torch.stack([gx, gy], dim=-1)  # (H, W, 2)
-    return grid.unsqueeze(0).expand(batch, h, w, 2).contiguous()
+    h, w = _size_hw(size)
+    theta = torch.eye(2, 3, device=device, dtype=dtype).unsqueeze(0).expand(batch, 2, 3)
+    return F.affine_grid(theta, [batch, 1, h, w], align_corners=False)  # (batch, H, W, 2)
+
+
+def apply_affine(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Apply per-image affine maps ``(N, 2, 3)`` to normalised ``(x, y)`` values ``(N, ..., 2)``.
+
+    Works for key points ``(N, K, 2)`` and for grids ``(N, H, W, 2)`` alike (e.g. composing a
+    similarity with a flow grid). Computed as ``[x, y, 1] @ matrix^T``, the original's order of
+    operations, so the result is bitwise reproducible against it.
+    """
+    shape = points.shape
+    flat = points.reshape(shape[0], -1, 2)  # (N, P, 2)
+    ones = torch.ones_like(flat[..., :1])
+    homogeneous = torch.cat([flat, ones], dim=-1)  # (N, P, 3)
+    out = homogeneous @ matrix.transpose(1, 2)  # (N, P, 2)
+    return out.reshape(shape)
+
+
+def invert_affine(matrix: torch.Tensor) -> torch.Tensor:
+    """Inverse of per-image affine maps ``(N, 2, 3)`` (through the 3x3 homogeneous matrix)."""
+    bottom = torch.zeros_like(matrix[:, :1])  # (N, 1, 3)
+    bottom[..., 2] = 1
+    full = torch.cat([matrix, bottom], dim=1)  # (N, 3, 3)
+    return torch.inverse(full)[:, :2]  # (N, 2, 3)
+
+
+def pixel_to_norm_legacy(points: torch.Tensor, size: Size, frame_size: Optional[Size] = None) -> torch.Tensor:
+    """The original GANgealing's pixel normalisation (its ``SpatialTransformer.normalize``).
+
+    ``x_n = (x / (F - 1) - 0.5) * 2 * (S - 1) / S`` for points given in pixels of a frame of
+    ``F = frame_size`` pixels (default ``size``), and an image of ``S = size`` pixels. When
+    ``F == S`` this equals :func:`pixel_to_norm` (up to float rounding); otherwise it is the
+    pixel-centre formula for a frame of ``F`` pixels scaled about the centre by
+    ``F (S - 1) / ((F - 1) S)`` (see :mod:`gangealing.geometry.points`).
+    """
+    frame_size = size if frame_size is None else frame_size
+    s = _size_xy(size, points)
+    f = _size_xy(frame_size, points)
+    return (points / (f - 1) - 0.5) * 2 * ((s - 1) / s)
+
+
+def norm_to_pixel_legacy(points: torch.Tensor, size: Size, frame_size: Optional[Size] = None) -> torch.Tensor:
+    """The original's inverse normalisation (``SpatialTransformer.unnormalize``).
+
+    ``x = (x_n / ((S - 1) / S) / 2 + 0.5) * (F - 1)``; with ``F == S`` (the only way the original
+    calls it) this equals :func:`norm_to_pixel` up to float rounding.
+    """
+    frame_size = size if frame_size is None else frame_size
+    s = _size_xy(size, points)
+    f = _size_xy(frame_size, points)
+    return (points / ((s - 1) / s) / 2 + 0.5) * (f - 1)
 
 
 def hflip_points(points: torch.Tensor, width: int) -> torch.Tensor:

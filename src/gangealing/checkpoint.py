@@ -1,0 +1,185 @@
+"""The gangealing checkpoint format: one self-describing file, tensors and primitives only.
+
+A checkpoint is a dict::
+
+    {
+      "format": "gangealing",          # marks our files
+      "version": 1,
+      "kind": "generator" | "model",   # a generator alone, or a GANgealing model
+      "config": {"generator": {...}, "stn": {...}, "target": {...}, "classifier": {...}},
+      "state":  {"generator": state_dict, "stn": state_dict, "target": state_dict, ...},
+      "step": int,                      # training iterations done
+      "meta": {...},                    # primitives: provenance, test-time settings, mean latent
+    }
+
+It loads with ``torch.load(path, weights_only=True)`` on any device and holds everything needed
+to rebuild the modules (see :mod:`gangealing.build`). Files are written atomically (temporary
+file in the same folder, then ``os.replace``) so a killed process never leaves half a checkpoint.
+Files in other formats (rosinality StyleGAN2, original GANgealing, NVlabs pickles) come in through
+the importers in :mod:`gangealing.io` (``gangealing convert IN OUT``).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Union
+
+import torch
+
+FORMAT = "gangealing"
+VERSION = 1
+KINDS = ("generator", "model")
+PathLike = Union[str, os.PathLike]
+# What torch.load raises for files that are not (safe) torch checkpoints.
+_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, zipfile.BadZipFile)
+
+
+class CheckpointError(ValueError):
+    """A file is not a checkpoint we can use; the message says what it is and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    """An in-memory checkpoint: configs (plain dicts), state dicts, the step and metadata."""
+
+    kind: str
+    config: Dict[str, Dict[str, Any]]
+    state: Dict[str, Dict[str, torch.Tensor]]
+    step: int = 0
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise CheckpointError(f"unknown checkpoint kind {self.kind!r}; expected one of {KINDS}")
+        missing = [k for k in self.config if k not in self.state]
+        if missing:
+            raise CheckpointError(f"checkpoint has configs without weights for {missing}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": self.kind,
+            "config": self.config,
+            "state": self.state,
+            "step": int(self.step),
+            "meta": self.meta,
+        }
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically: a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(ckpt: Checkpoint, path: PathLike) -> Path:
+    """Write ``ckpt`` to ``path`` atomically (tensors are moved to CPU first)."""
+    d = ckpt.to_dict()
+    d["state"] = {name: {k: v.detach().cpu() for k, v in sd.items()} for name, sd in d["state"].items()}
+    return atomic_save(d, path)
+
+
+def describe_foreign(obj: Any) -> str:
+    """A short human description of what a loaded object that is not ours looks like."""
+    if not isinstance(obj, Mapping):
+        return f"a pickled {type(obj).__name__}, not a dict"
+    keys = set(obj)
+    if {"g_ema", "t_ema", "ll"} <= keys:
+        extra = " with a cluster classifier" if "classifier" in keys else ""
+        return f"an original GANgealing checkpoint{extra}"
+    if "g_ema" in keys:
+        return "a rosinality / original GANgealing StyleGAN2 checkpoint (g_ema)"
+    if any(isinstance(k, str) and k.startswith("style.") for k in keys):
+        return "a bare StyleGAN2 generator state dict (rosinality layout)"
+    if any(isinstance(k, str) and k.startswith("stns.") for k in keys):
+        return "a bare spatial-transformer state dict"
+    shown = ", ".join(sorted(map(str, keys))[:8])
+    return f"a dict with keys [{shown}{', ...' if len(keys) > 8 else ''}]"
+
+
+def _torch_load(path: Path, map_location: Any) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except _LOAD_ERRORS as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = ""
+        if "Namespace" in str(e):
+            hint = (" It holds an argparse Namespace, as original GANgealing and rosinality checkpoints do:"
+                    f" convert it once with `gangealing convert {path} OUT.pt`.")
+        elif path.suffix == ".pkl":
+            hint = (" This looks like an NVlabs StyleGAN2-ADA pickle, which runs code when loaded: convert it with"
+                    f" `gangealing convert {path} OUT.pt --trust-pickle` if you trust its source.")
+        raise CheckpointError(f"{path}: cannot be loaded safely (weights_only=True): {msg}.{hint}") from e
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
+    """Load one of our checkpoints with ``weights_only=True``.
+
+    Raises :class:`CheckpointError` with one clear message for a missing file, a file in another
+    format (saying which, and the ``gangealing convert`` command that imports it), or a newer
+    format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    obj = _torch_load(path, map_location)
+    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: this is {describe_foreign(obj)}, not a gangealing checkpoint "
+            f"(expected a dict with format='{FORMAT}'). Import it with `gangealing convert {path} OUT.pt`."
+        )
+    version = obj.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r} is newer than this gangealing "
+                              f"understands ({VERSION}); upgrade gangealing.")
+    try:
+        return Checkpoint(kind=obj["kind"], config=dict(obj["config"]), state=dict(obj["state"]),
+                          step=int(obj.get("step", 0)), meta=dict(obj.get("meta", {})))
+    except KeyError as e:
+        raise CheckpointError(f"{path}: gangealing checkpoint is missing its {e.args[0]!r} entry (truncated or hand-edited?)") from e
+
+
+def read_any(path: PathLike, map_location: Any = "cpu", trust_pickle: bool = False) -> Any:
+    """Read a file of any supported format into Python objects (used by importers).
+
+    Tries ``weights_only=True`` first. Original GANgealing and rosinality checkpoints hold an
+    ``argparse.Namespace`` of their training options; that class is data only, so it is allowed
+    explicitly. Anything else that needs arbitrary code requires ``trust_pickle=True``.
+    """
+    import argparse
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except _LOAD_ERRORS as e:
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{path}: cannot be read without running code from the file ({str(e).splitlines()[0]}). "
+                "Pass --trust-pickle (Python: trust_pickle=True) only if you trust where it came from."
+            ) from e
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def state_dict_summary(sd: Mapping[str, torch.Tensor], limit: int = 6) -> str:
+    keys = list(sd)
+    return f"{len(keys)} tensors ({', '.join(keys[:limit])}{', ...' if len(keys) > limit else ''})"
