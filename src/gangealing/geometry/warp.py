@@ -107,11 +107,12 @@ class MipmapResult:
     levels_map: torch.Tensor  # (N, H', W') levels / (max_num_levels - 1), the original's `levels_map`
 
 
-def _blur_kernel(like: torch.Tensor) -> torch.Tensor:
-    """The 4x4 binomial [1, 3, 3, 1] outer-product filter, normalised to sum 1."""
-    k = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=like.dtype, device=like.device)
+def make_blur_filter(like: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The mipmap's 4x4 binomial filter: outer product of [1, 3, 3, 1], normalised to sum 1."""
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
     k2 = k[:, None] * k[None, :]
-    return k2 / k2.sum()
+    k2 = k2 / k2.sum()
+    return k2 if like is None else k2.to(like)
 
 
 class MipmapStack:
@@ -152,7 +153,7 @@ class MipmapStack:
             else:
                 prev = self._downsampled(k - 1)
                 c = prev.size(1)
-                weight = _blur_kernel(prev).expand(c, 1, 4, 4)
+                weight = make_blur_filter(prev).expand(c, 1, 4, 4)
                 x = F.conv2d(F.pad(prev, (1, 1, 1, 1), mode="reflect"), weight, stride=2, groups=c)  # (N, C, h/2, w/2)
             self._down[k] = x
         return self._down[k]
@@ -188,21 +189,31 @@ def mipmap_levels(grid: torch.Tensor, source_size: Size, max_num_levels: float =
     return levels.clamp(min=0.0, max=max_num_levels - 1.0).clamp(min=min_level)
 
 
-def _sample_stack(stack: MipmapStack, grid: torch.Tensor, levels: torch.Tensor, padding_mode: str) -> torch.Tensor:
-    """Sample the stack at ``grid``, linearly interpolating between the two levels around ``levels``."""
+def sample_mipmap(stack: MipmapStack, grid: torch.Tensor, levels: torch.Tensor, padding_mode: str) -> torch.Tensor:
+    """Sample a stack at ``grid`` (N, H', W', 2), interpolating linearly between the two stack levels
+    around ``levels`` (N, H', W') (from :func:`mipmap_levels`) -> (N, C, H', W')."""
     lo = int(math.floor(levels.min().item()))
     hi = int(math.ceil(levels.max().item()))
     grid = grid.to(stack.images.dtype)
-    out = None
-    for k in range(lo, hi + 1):
-        sampled = F.grid_sample(stack.level(k), grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)  # (N, C, H', W')
-        if lo == hi:
-            return sampled
-        # Tent weight: 1 - frac on the floor level, frac on the ceiling level, 0 elsewhere (the
-        # original's lerp between the gathered floor and ceil levels).
-        weight = (1.0 - (levels - k).abs()).clamp(min=0.0).unsqueeze(1)  # (N, 1, H', W')
-        out = sampled * weight if out is None else out + sampled * weight
-    return out
+    sampled = [
+        F.grid_sample(stack.level(k), grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)  # (N, C, H', W')
+        for k in range(lo, hi + 1)
+    ]
+    if lo == hi:
+        return sampled[0]
+    # The original's lerp between the floor and ceiling levels, out = o0 + frac (o1 - o0); only the
+    # levels the grid touches were sampled. An integer level k > lo reads as the ceiling of
+    # [k - 1, k] with frac 1 (equal to o1 up to rounding).
+    floor = levels.floor().clamp(max=hi - 1)  # (N, H', W')
+    frac = (levels - floor).unsqueeze(1)  # (N, 1, H', W')
+    o0, o1 = sampled[0], sampled[1]
+    if hi - lo > 1:
+        idx = floor.unsqueeze(1)
+        for k in range(lo + 1, hi):
+            at_k = idx == k
+            o0 = torch.where(at_k, sampled[k - lo], o0)
+            o1 = torch.where(at_k, sampled[k - lo + 1], o1)
+    return o0 + frac * (o1 - o0)
 
 
 def mipmap_warp_with_levels(
@@ -221,7 +232,7 @@ def mipmap_warp_with_levels(
     _check_padding(padding_mode)
     stack = images if isinstance(images, MipmapStack) else MipmapStack(images)
     levels = mipmap_levels(grid, stack.images.shape[-2:], max_num_levels, min_level)  # (N, H', W')
-    out = _sample_stack(stack, grid, levels, padding_mode)
+    out = sample_mipmap(stack, grid, levels, padding_mode)
     return MipmapResult(images=out, levels=levels, levels_map=levels / (max_num_levels - 1.0))
 
 

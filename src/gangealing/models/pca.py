@@ -6,8 +6,8 @@ reproduces that algorithm (batches of ``5 * D`` rows by default, running mean, t
 combined-basis SVD update and scikit-learn's ``svd_flip`` sign convention) entirely in float64.
 On float64 input it agrees with scikit-learn to ~1e-13. On float32 input scikit-learn decomposes
 its first batch in float32; with only a small gap between the top eigenvalues that rounding moves
-the result by ~1e-6 and differs between LAPACK builds (the parity fixture itself differs from
-scikit-learn 1.9.1 run on another machine by 1.6e-6), so float64 is the reproducible choice.
+the result by ~1e-6 in a way that depends on the LAPACK build (scikit-learn 1.9.1 on another
+machine reproduces the parity fixture only to 1.6e-6), so float64 is the reproducible choice.
 :func:`fit_full_pca` is the exact, one-shot PCA of the same data.
 
 Sign convention (both fits): each component is flipped so that its entry of largest absolute value
