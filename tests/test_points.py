@@ -153,6 +153,14 @@ def test_uncongeal_parity_on_xb(parity_dir, stn_data):
     torch.testing.assert_close(
         uncongeal(points["congeal"], grid128, 128, congealed_size=64, legacy=True), points["transfer_outres128"], **PX_TOL
     )
+    fwd3 = stn_data[1]["iters3"]
+    _, _, grid64_iters3 = _stn_warps(parity_dir, xb, iters=3)
+    torch.testing.assert_close(
+        transfer(inputs["pointsA"], 128, matrix_a=fwd3["sim_matrices_per_iter"][-1], flow_a=fwd3["flow"],
+                 grid_b=grid64_iters3, legacy=True),
+        points["transfer_iters3"],
+        **PX_TOL,
+    )
     matrix_b, _, _ = _stn_warps(parity_dir, xb)
     torch.testing.assert_close(
         uncongeal_similarity(points["sim_only_congeal"], matrix_b, 128, legacy=True), points["sim_only_uncongeal"], **PX_TOL
@@ -270,7 +278,7 @@ def test_flow_congeal_then_uncongeal_is_within_half_a_congealed_pixel():
 @given(seed=st.integers(0, 2**16), width=st.integers(2, 300))
 def test_flip_and_permutation_twice_is_identity(seed, width):
     g = torch.Generator().manual_seed(seed)
-    pts = torch.rand(3, 6, 3, generator=g) * width
+    pts = torch.rand(3, 6, 3, generator=g, dtype=torch.float64) * width
     mask = torch.rand(3, generator=g) > 0.5
     perm = [1, 0, 3, 2, 4, 5]  # left/right swaps: an involution
     once = permute_keypoints(hflip_points_where(pts, width, mask), perm, mask)

@@ -469,17 +469,21 @@ class SpatialTransformer(nn.Module):
 
     # -- key points --------------------------------------------------------------------------
 
-    def _rows(self, points: torch.Tensor, res: AlignResult) -> torch.Tensor:
-        """Repeat per-image points for K-head results (``N K`` rows)."""
+    @staticmethod
+    def _rows(points: torch.Tensor, res: AlignResult) -> torch.Tensor:
+        """Repeat per-image points for K-head results (``N K`` rows); rows already expanded pass."""
         reps = res.grid.size(0) // points.size(0)
         return points.repeat_interleave(reps, dim=0) if reps > 1 else points
 
     def congeal_points(self, images: torch.Tensor, points_px: torch.Tensor, *, iters: int = 1, legacy: bool = False,
                        padding_mode: str = "border", antialias: bool = True, heads: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Map key points ``(N, P, 2)`` (pixels of ``images``) into the congealed frame.
+        """Map key points ``(N, P, 2)`` (pixels of ``images``) into the congealed frame -> ``(N', P, 2)``.
 
-        Runs the forward and delegates to :func:`gangealing.geometry.points.congeal` (see there
-        for the output frame and the ``legacy`` behaviour).
+        The congealed frame is the flow grid (``flow_size`` pixels, points quantised to its pixel
+        centres) with a flow transform, else the similarity-aligned image at the input
+        resolution. Runs the forward (without sampling the output) and delegates to
+        :func:`gangealing.geometry.points.congeal` (see there for ``legacy``). With K heads and
+        no ``heads``, rows are ``N K`` (image-major) and the points are repeated per head.
         """
         from gangealing.geometry import points as P
 
@@ -489,23 +493,30 @@ class SpatialTransformer(nn.Module):
     def uncongeal_points(self, images: torch.Tensor, points_px: torch.Tensor, *, output_resolution: Optional[int] = None,
                          iters: int = 1, legacy: bool = False, padding_mode: str = "border", antialias: bool = True,
                          heads: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Map congealed-frame key points ``(N, P, 2)`` into each of ``images`` (pixels).
+        """Map congealed-frame key points ``(N, P, 2)`` (see :meth:`congeal_points`) into ``images`` (pixels).
 
-        Runs the forward (grid at ``output_resolution``) and delegates to
-        :func:`gangealing.geometry.points.uncongeal`.
+        With a flow the forward's grid (at ``output_resolution``, default flow_size) is sampled
+        at the points (:func:`gangealing.geometry.points.uncongeal`); similarity-only the matrix is
+        applied in closed form (:func:`gangealing.geometry.points.uncongeal_similarity`).
         """
         from gangealing.geometry import points as P
 
+        sample_grid = self.flow_net is not None
         res = self._forward(images, output_resolution, iters, padding_mode, antialias, heads, sample_output=False)
-        return P.uncongeal(self._rows(points_px, res), res.grid, images.size(-1), legacy=legacy)
+        pts = self._rows(points_px, res)
+        size = images.size(-1)
+        if sample_grid:
+            return P.uncongeal(pts, res.grid, size, congealed_size=self.flow_size, legacy=legacy)
+        return P.uncongeal_similarity(pts, res.matrix, size, legacy=legacy)
 
     def transfer_points(self, images_a: torch.Tensor, images_b: torch.Tensor, points_px: torch.Tensor, *,
                         output_resolution: Optional[int] = None, iters: int = 1, legacy: bool = False,
-                        padding_mode: str = "border", antialias: bool = True) -> torch.Tensor:
-        """Transfer key points ``(N, P, 2)`` of ``images_a`` to ``images_b`` through the congealed frame."""
-        congealed = self.congeal_points(images_a, points_px, iters=iters, legacy=legacy, padding_mode=padding_mode, antialias=antialias)
-        return self.uncongeal_points(images_b, congealed, output_resolution=output_resolution, iters=iters, legacy=legacy,
-                                     padding_mode=padding_mode, antialias=antialias)
+                        padding_mode: str = "border", antialias: bool = True, heads: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Transfer key points ``(N, P, 2)`` of ``images_a`` to ``images_b`` (pixels) through the congealed frame."""
+        kw = dict(iters=iters, legacy=legacy, padding_mode=padding_mode, antialias=antialias, heads=heads)
+        congealed = self.congeal_points(images_a, points_px, **kw)
+        # With K heads (no `heads`), A's N K rows meet B's N K rows head by head.
+        return self.uncongeal_points(images_b, congealed, output_resolution=output_resolution, **kw)
 
     # -- checkpoints -------------------------------------------------------------------------
 
