@@ -45,7 +45,6 @@ import torch.nn.functional as F
 
 from .coords import (
     Size,
-    _size_hw,
     apply_affine,
     hflip_points,
     identity_grid,

@@ -158,6 +158,11 @@ class MipmapStack:
             self._down[k] = x
         return self._down[k]
 
+    @property
+    def built_levels(self) -> Tuple[int, ...]:
+        """The full-resolution levels built so far (for checking that unused levels cost nothing)."""
+        return tuple(sorted(self._levels))
+
     def level(self, k: int) -> torch.Tensor:
         """Stack level ``k`` at full resolution ``(N, C, H, W)``."""
         if k not in self._levels:
