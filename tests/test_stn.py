@@ -144,6 +144,20 @@ def test_composition_and_sampling():
 
 
 @torch.no_grad()
+def test_sampling_from_another_source():
+    model = perturbed(tiny())
+    x = images()
+    hi = torch.nn.functional.interpolate(x, size=128, mode="bilinear", align_corners=False)
+    ref = model(x, output_resolution=64)
+    res = model(x, output_resolution=64, source=hi)
+    # The similarity regresses from x; every pass (so also the flow's input) samples the source.
+    torch.testing.assert_close(res.matrix, ref.matrix)
+    torch.testing.assert_close(res.similarity_images, mipmap_warp(hi, affine_grid(res.matrix, 32)))
+    torch.testing.assert_close(res.images, mipmap_warp(hi, res.grid))
+    assert (res.images - ref.images).abs().max() > 1e-4
+
+
+@torch.no_grad()
 def test_iterations_compose_similarities():
     model = perturbed(tiny(("similarity",)))
     x = images()

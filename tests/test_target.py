@@ -297,5 +297,5 @@ def test_images_from_target_match_original(fixture_target, reference, parity_dir
         expected = reference["ll_outputs"][f"psi{psi}"]
         with torch.no_grad():
             w_plus = fixture_target(reference["w"], psi)
-            image = generator.synthesis(w_plus, noise_mode="const")
+            image = generator.synthesis(w_plus, noise="const")
         torch.testing.assert_close(image, expected["image"], atol=1e-4, rtol=0)

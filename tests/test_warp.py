@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -136,7 +135,7 @@ def test_resize_grid():
 @settings(max_examples=25, deadline=None)
 @given(
     a=st.tuples(st.floats(-0.4, 0.4), st.floats(0.6, 0.8), st.floats(-0.05, 0.05), st.floats(-0.05, 0.05)),
-    b=st.tuples(st.floats(-0.4, 0.4), st.floats(0.6, 0.8), st.floats(-0.05, 0.05), st.floats(-0.05, 0.05)),
+    b=st.tuples(st.floats(-0.4, 0.4), st.floats(0.5, 0.6), st.floats(-0.05, 0.05), st.floats(-0.05, 0.05)),
 )
 def test_compose_grids_matches_analytic_composition(a, b):
     ma, mb = _sim(*a).double(), _sim(*b).double()

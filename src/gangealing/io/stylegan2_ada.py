@@ -264,7 +264,8 @@ def convert_generator(rec: PersistentRecord, *, num_fp16_res: Optional[int] = No
             raise CheckpointError(f"synthesis block b{r} uses architecture {arch!r}; only 'skip' (the default) converts")
         if int(_attr(blk, "img_channels", 3) or 3) != 3:
             raise CheckpointError("only 3-channel generators convert")
-    clamps = {_attr(synthesis.modules[f"b{r}"].modules.get("conv1"), "conv_clamp") for r in resolutions}
+    clamps = {_attr(layer, "conv_clamp") for r in resolutions
+              for layer in synthesis.modules[f"b{r}"].modules.values() if isinstance(layer, PersistentRecord)}
     if clamps - {None}:
         notes.append(f"conv_clamp={sorted(clamps - {None})} is not applied (it only clips extreme activations)")
 

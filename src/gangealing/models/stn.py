@@ -5,7 +5,8 @@ The network regresses a warp from the image and samples the *original* input wit
 1. similarity passes (``iters`` of them): a ResBlock trunk regresses raw ``(r, s, tx, ty)`` from
    the image (tent-downsampled to ``flow_size``; later passes from the previous pass's output),
    mapped to a 2x3 matrix by angle = pi tanh(r), scale = exp(s). Passes compose as ``new = previous
-   @ [S; 0 0 1]``, and each samples the input once, at ``flow_size``.
+   @ [S; 0 0 1]``, and each samples the input once, at ``flow_size`` (a similarity-only
+   transformer's last pass samples at ``output_resolution`` instead).
 2. the flow pass regresses a low-resolution flow (``flow_size / 8``) and a RAFT mask from the
    similarity-aligned image, convex-upsamples it to ``flow_size`` (the residual ``flow``), and
    composes it analytically with the similarity: ``grid = M @ [identity + flow; 1]``.
@@ -21,15 +22,20 @@ State dict layout: the original ``ComposedSTN``'s keys, ``stns.0.*`` (similarity
 kernels ``stns.*.input_downsample.kernel_horz/vert`` are not saved (rebuilt); state dicts that
 hold them (the original's) still load strictly, the keys are dropped on load.
 
-K heads (``num_heads > 1``, the clustering variant): by default every image is warped by every
-head and results have ``N * K`` rows, image-major (row ``i * K + k`` is image ``i``, head ``k``;
-``result.images.unflatten(0, (N, K))``). Passing ``heads`` (N,) picks one head per image.
+K heads (``num_heads > 1``, the clustering variant): every layer predicts K warps. By default
+every image is warped by every head (the original's ``warp_policy='cartesian'``) and results have
+``N * K`` rows, image-major (row ``i * K + k`` is image ``i``, head ``k``;
+``result.images.unflatten(0, (N, K))``); after the first similarity pass each row keeps its head
+(later passes and the flow use head ``k`` for row ``i * K + k``, as the original's flow stage).
+Passing ``heads`` (N,) picks one head per image for every pass (``warp_policy`` given as scores).
+Without ``heads`` and with ``iters > 1`` the original would multiply rows by K again on each pass;
+here they keep their head.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +54,7 @@ from gangealing.geometry.warp import (
     mipmap_levels,
     resize_grid,
 )
+from gangealing.losses.flow import total_variation_loss
 from gangealing.models.ops import ConvLayer, EqualConv2d, EqualLinear, ResBlock
 
 FLOW_DOWNSAMPLE = 8  # the low-resolution flow is regressed at flow_size / 8 (the original's default)
@@ -345,13 +352,16 @@ class SpatialTransformer(nn.Module):
         antialias: bool = True,
         flip: str = "none",
         heads: Optional[torch.Tensor] = None,
+        source: Optional[torch.Tensor] = None,
     ) -> AlignResult:
         """Align images ``x`` (N, C, H, W), H = ``input_size`` (or ``flow_size``).
 
         ``output_resolution`` (default flow_size) sizes the output grid and images; ``iters``
         repeats the similarity pass on its own output; ``padding_mode`` is grid_sample's (border,
         reflection, zeros) for every pass; ``antialias`` uses mipmap sampling (the original
-        always does); ``heads`` (N,) long picks one head per image when K > 1.
+        always does); ``heads`` (N,) long picks one head per image when K > 1; ``source``
+        (N, C, H', W'), e.g. a higher-resolution copy of ``x``, is sampled instead of ``x`` (the
+        original's ``input_img_for_sampling``; grids are normalised, so any size works).
 
         ``flip='auto'``: also align the mirrored images and keep, per row, the one whose residual
         flow has the smaller total variation (strictly smaller for the mirror; ties keep the
@@ -360,16 +370,14 @@ class SpatialTransformer(nn.Module):
         they address the unmirrored input; ``grid == matrix @ [identity + flow; 1]`` still holds.
         """
         if flip == "none":
-            return self._forward(x, output_resolution, iters, padding_mode, antialias, heads)
+            return self._forward(x, output_resolution, iters, padding_mode, antialias, heads, source=source)
         if flip != "auto":
             raise ValueError(f"flip must be 'none' or 'auto', got {flip!r}")
         if self.flow_net is None:
             raise ValueError("flip='auto' needs a flow transform (it compares residual-flow smoothness)")
-        from gangealing.losses.flow import total_variation_loss
-
-        n = x.size(0)
         both_heads = None if heads is None else torch.cat([heads, heads])
-        res = self._forward(torch.cat([x, x.flip(3)]), output_resolution, iters, padding_mode, antialias, both_heads)  # 2N (x R) rows
+        both_source = None if source is None else torch.cat([source, source.flip(3)])
+        res = self._forward(torch.cat([x, x.flip(3)]), output_resolution, iters, padding_mode, antialias, both_heads, source=both_source)  # 2N (x R) rows
         tv = total_variation_loss(res.flow, reduce_batch=False).view(2, -1)  # (2, B)
         mirrored = tv.argmin(dim=0).bool()  # (B,) ties -> original
 
@@ -402,6 +410,7 @@ class SpatialTransformer(nn.Module):
         antialias: bool,
         heads: Optional[torch.Tensor],
         sample_output: bool = True,
+        source: Optional[torch.Tensor] = None,
     ) -> AlignResult:
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
@@ -418,7 +427,9 @@ class SpatialTransformer(nn.Module):
         expand = self.num_heads > 1 and heads is None  # first pass warps every image with every head
         out_res = self.flow_size if output_resolution is None else int(output_resolution)
         size = self.flow_size
-        sample = _Sampler(x, padding_mode, antialias)
+        if source is not None and source.size(0) != x.size(0):
+            raise ValueError(f"source must hold one image per input ({x.size(0)}), got {source.size(0)}")
+        sample = _Sampler(x if source is None else source, padding_mode, antialias)
 
         matrix, sim_images, matrices = None, None, []
         images, grid, flow = None, None, None

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import DiscriminatorConfig, GeneratorConfig
-from .ops import Blur, ConvLayer, EqualLinear, FusedLeakyReLU, ResBlock, Upsample, make_kernel
+from .ops import Blur, ConvLayer, EqualLinear, FusedLeakyReLU, ResBlock, Upsample
 
 # rosinality's width table before the channel multiplier: (base, multiplied?) per resolution.
 _WIDTH_TABLE = {4: (512, False), 8: (512, False), 16: (512, False), 32: (512, False), 64: (256, True),
@@ -429,7 +429,7 @@ def _fit_widths(widths: Mapping[int, int], what: str) -> Tuple[float, int]:
 
 
 def _infer_blur_kernel(kernel: Optional[Tensor]) -> Tuple[float, ...]:
-    if kernel is None:
+    if kernel is None or kernel.is_meta:  # meta tensors (shape-only inference) carry no values
         return (1, 3, 3, 1)
     k1 = kernel.detach().float().cpu().sum(0)  # separable: row sums give the 1-D kernel up to scale
     k1 = k1 / k1.min()
