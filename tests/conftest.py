@@ -15,3 +15,11 @@ def parity_dir() -> Path:
     if not PARITY.is_dir():
         pytest.skip(f"parity fixtures not found at {PARITY} (set GANGEALING_PARITY)")
     return PARITY
+
+try:  # Property tests draw the same examples on every run: CI failures reproduce locally.
+    from hypothesis import settings
+
+    settings.register_profile("gangealing", derandomize=True, deadline=None, print_blob=True)
+    settings.load_profile("gangealing")
+except ImportError:  # pragma: no cover - hypothesis is a test extra
+    pass

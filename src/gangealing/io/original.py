@@ -9,6 +9,7 @@ come from the checkpoint's ``args`` or from keyword arguments.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -125,13 +126,13 @@ def infer_target_config(sd: Mapping[str, torch.Tensor], n_latent: int, inject: i
 
 def infer_classifier_config(sd: Mapping[str, torch.Tensor], stn_cfg: STNConfig, flips: Optional[bool]) -> ClassifierConfig:
     """Infer the cluster classifier's config; it shares the similarity STN's trunk shape."""
+    from ..models.classifier import classifier_config_for
+
     n_out = sd["to_logits.weight"].shape[0]
     if flips is None:
         flips = n_out == 2 * stn_cfg.num_heads
-    n_clusters = n_out // 2 if flips else n_out
-    return ClassifierConfig(size=stn_cfg.flow_size, input_size=stn_cfg.input_size,
-                            channel_multiplier=stn_cfg.channel_multiplier, max_channels=stn_cfg.max_channels,
-                            num_clusters=n_clusters, flips=bool(flips), image_channels=stn_cfg.image_channels)
+    cfg = classifier_config_for(stn_cfg, flips=bool(flips))
+    return dataclasses.replace(cfg, num_clusters=n_out // 2 if flips else n_out)
 
 
 def args_to_dict(args: Any) -> Dict[str, Any]:
