@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gangealing.config import TargetConfig
-from gangealing.models.pca import IncrementalPCA, PCAResult, fit_full_pca, fit_pca, sample_w
+from gangealing.models.pca import IncrementalPCA, fit_full_pca, fit_pca, sample_w
 from gangealing.models.target import (
     CongealingTarget,
     kmeans_candidate_wplus,

@@ -34,6 +34,8 @@ FORMAT = "gangealing"
 VERSION = 1
 KINDS = ("generator", "model")
 PathLike = Union[str, os.PathLike]
+# Primitive-valued options worth keeping for provenance (everything else is dropped).
+_PRIMITIVES = (bool, int, float, str, type(None))
 # What torch.load raises for files that are not (safe) torch checkpoints.
 _LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, zipfile.BadZipFile)
 
@@ -180,6 +182,17 @@ def read_any(path: PathLike, map_location: Any = "cpu", trust_pickle: bool = Fal
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
-def state_dict_summary(sd: Mapping[str, torch.Tensor], limit: int = 6) -> str:
-    keys = list(sd)
-    return f"{len(keys)} tensors ({', '.join(keys[:limit])}{', ...' if len(keys) > limit else ''})"
+def args_to_dict(args: Any) -> Dict[str, Any]:
+    """The primitive-valued options of an argparse Namespace (or dict), for provenance."""
+    import argparse
+
+    d = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, _PRIMITIVES):
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, _PRIMITIVES) for x in v):
+            out[k] = list(v)
+    return out
+
+

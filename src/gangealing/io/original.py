@@ -8,20 +8,17 @@ come from the checkpoint's ``args`` or from keyword arguments.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from ..checkpoint import Checkpoint, CheckpointError
+from ..checkpoint import Checkpoint, CheckpointError, args_to_dict
 from ..config import ClassifierConfig, STNConfig, TargetConfig
 
 # Width table of the original STN / classifier before channel_multiplier and the width cap.
 _STN_TABLE_BASE = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
-# Primitive-valued training options worth keeping for provenance.
-_PRIMITIVES = (bool, int, float, str, type(None))
 
 
 def stn_width(resolution: int, channel_multiplier: float, max_channels: int) -> int:
@@ -133,18 +130,6 @@ def infer_classifier_config(sd: Mapping[str, torch.Tensor], stn_cfg: STNConfig, 
         flips = n_out == 2 * stn_cfg.num_heads
     cfg = classifier_config_for(stn_cfg, flips=bool(flips))
     return dataclasses.replace(cfg, num_clusters=n_out // 2 if flips else n_out)
-
-
-def args_to_dict(args: Any) -> Dict[str, Any]:
-    """The primitive-valued options of an argparse Namespace (or dict), for provenance."""
-    d = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, _PRIMITIVES):
-            out[k] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(x, _PRIMITIVES) for x in v):
-            out[k] = list(v)
-    return out
 
 
 def import_original(

@@ -13,18 +13,14 @@ a Namespace is a plain attribute container whose reconstruction runs no code fro
 """
 from __future__ import annotations
 
-import argparse
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from ..checkpoint import Checkpoint, CheckpointError
+from ..checkpoint import Checkpoint, CheckpointError, args_to_dict, describe_foreign, read_any
 from ..config import DiscriminatorConfig, GeneratorConfig
 from ..models.stylegan2 import Discriminator, Generator, infer_discriminator_config, infer_generator_config
 
@@ -43,31 +39,11 @@ class RosinalityCheckpoint:
     args: Optional[Dict[str, Any]] = None  # the primitive-valued training options, if any
 
 
-def _read(path: Union[str, os.PathLike], map_location: Any) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, zipfile.BadZipFile) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: not a rosinality StyleGAN2 checkpoint that loads without running code "
-                              f"(torch.load weights_only=True failed: {first})") from e
-
-
 def _strip_prefix(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     # (Distributed)DataParallel wrappers save every key under "module.".
     if sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):
         return {k[len("module."):]: v for k, v in sd.items()}
     return dict(sd)
-
-
-def _describe(obj: Any) -> str:
-    if not isinstance(obj, Mapping):
-        return f"a {type(obj).__name__}"
-    keys = sorted(map(str, obj))
-    return f"a dict with keys [{', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}]"
 
 
 def _check_fits(module_cls: type, cfg: Any, sd: Mapping[str, Tensor], what: str) -> None:
@@ -98,20 +74,20 @@ def load_rosinality(
     input holds when it is not a rosinality generator checkpoint or does not fit the inferred
     architecture.
     """
-    obj = _read(path_or_dict, map_location) if isinstance(path_or_dict, (str, os.PathLike)) else path_or_dict
+    obj = read_any(path_or_dict, map_location) if isinstance(path_or_dict, (str, os.PathLike)) else path_or_dict
     where = f"{path_or_dict}: " if isinstance(path_or_dict, (str, os.PathLike)) else ""
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{where}this is {_describe(obj)}; expected a rosinality StyleGAN2 checkpoint "
+        raise CheckpointError(f"{where}this is {describe_foreign(obj)}; expected a rosinality StyleGAN2 checkpoint "
                               "(a dict with 'g_ema') or a generator state dict")
     if "g_ema" in obj:
         g_sd, d_sd = obj["g_ema"], obj.get("d")
     elif any(k in obj for k in _G_MARKERS):
         g_sd, d_sd = obj, None
     else:
-        raise CheckpointError(f"{where}this is {_describe(obj)}; expected a rosinality StyleGAN2 checkpoint (a dict "
+        raise CheckpointError(f"{where}this is {describe_foreign(obj)}; expected a rosinality StyleGAN2 checkpoint (a dict "
                               f"with 'g_ema') or a generator state dict (keys like {', '.join(_G_MARKERS[:3])})")
     if not isinstance(g_sd, Mapping):
-        raise CheckpointError(f"{where}'g_ema' is {_describe(g_sd)}, not a state dict")
+        raise CheckpointError(f"{where}'g_ema' is {describe_foreign(g_sd)}, not a state dict")
     g_sd = _strip_prefix(g_sd)
     try:
         g_cfg = infer_generator_config(g_sd, num_fp16_res=num_fp16_res, lr_mlp=lr_mlp)
@@ -136,10 +112,7 @@ def load_rosinality(
     else:
         latent_avg = None
     args = obj.get("args") if "g_ema" in obj else None
-    if isinstance(args, argparse.Namespace):
-        args = {k: v for k, v in vars(args).items() if isinstance(v, (bool, int, float, str, type(None)))}
-    elif not isinstance(args, Mapping):
-        args = None
+    args = args_to_dict(args) if args is not None else None
     return RosinalityCheckpoint(g_config=g_cfg, g_ema=dict(g_sd), d_config=d_cfg, d=dict(d_sd) if d_sd else None,
                                 latent_avg=latent_avg, args=dict(args) if args is not None else None)
 
