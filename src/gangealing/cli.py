@@ -1,13 +1,19 @@
 """The ``gangealing`` command: one entry point, one subcommand per task.
 
-The CLI only parses arguments and calls the library; each subcommand lives in a function
-``_cmd_<name>(args)`` registered in ``COMMANDS``.
+The CLI only parses arguments and calls the library. Each subcommand is a module in
+:mod:`gangealing.commands` with ``add_parser(subparsers) -> parser``, ``run(args) -> int`` and an
+``ORDER`` number for the help listing; modules are discovered, so adding a command touches no
+other file.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
+
+from .commands._common import Formatter
 
 EPILOG = """examples:
   gangealing convert cat.pt cat_gangealing.pt          # original GANgealing checkpoint -> ours
@@ -17,74 +23,13 @@ EPILOG = """examples:
 """
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults on every flag and keep the epilog's line breaks."""
+def command_modules() -> list:
+    """The subcommand modules, in help order."""
+    from . import commands
 
-
-def _add_convert(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "convert",
-        help="import a checkpoint from another format (original GANgealing, rosinality StyleGAN2, NVlabs .pkl)",
-        description="Convert a checkpoint into the gangealing format. The input format and the architecture are "
-        "inferred from the file; the output loads with torch.load(weights_only=True).",
-        formatter_class=_Formatter,
-    )
-    p.add_argument("input", help="checkpoint to import (.pt / .pth / .pkl)")
-    p.add_argument("output", help="where to write the gangealing checkpoint (written atomically; never the input)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow reading files that need arbitrary pickle code (NVlabs .pkl); only for files you trust")
-    p.add_argument("--num-fp16-res", type=int, default=None,
-                   help="StyleGAN2-ADA normalisation on this many top resolutions (not visible in the weights; "
-                   "default: read from the file's options, else 0)")
-    p.add_argument("--inject", type=int, default=None,
-                   help="W+ layers taken from the congealing target (default: from the file's options)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    return p
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .checkpoint import save_checkpoint
-    from .io import import_checkpoint
-
-    src, dst = Path(args.input), Path(args.output)
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise SystemExit("error: OUTPUT is the input file; inputs are never overwritten. Choose another path.")
-    if dst.exists() and not args.overwrite:
-        raise SystemExit(f"error: {dst} exists; pass --overwrite to replace it")
-    ckpt, what = import_checkpoint(src, trust_pickle=args.trust_pickle, num_fp16_res=args.num_fp16_res,
-                                   inject=args.inject)
-    save_checkpoint(ckpt, dst)
-    print(f"read {what} from {src}")
-    print(f"wrote {ckpt.kind} checkpoint ({', '.join(ckpt.state)}) to {dst}")
-    return 0
-
-
-def _add_info(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("info", help="print what a gangealing checkpoint holds", formatter_class=_Formatter,
-                       description="Print the kind, configs, step and metadata of a gangealing checkpoint.")
-    p.add_argument("checkpoint", help="a gangealing checkpoint")
-    return p
-
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    import json
-
-    from .checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(args.checkpoint)
-    n_params = {k: sum(v.numel() for v in sd.values()) for k, sd in ckpt.state.items()}
-    print(json.dumps({"kind": ckpt.kind, "step": ckpt.step, "config": ckpt.config, "tensors": n_params,
-                      "meta": ckpt.meta}, indent=2, default=str))
-    return 0
-
-
-# name -> (add parser, run)
-COMMANDS: Dict[str, tuple] = {
-    "convert": (_add_convert, _cmd_convert),
-    "info": (_add_info, _cmd_info),
-}
+    mods = [importlib.import_module(f"{commands.__name__}.{m.name}")
+            for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
+    return sorted(mods, key=lambda m: (getattr(m, "ORDER", 50), m.__name__))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,14 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gangealing",
         description="GANgealing: GAN-supervised dense visual alignment (Peebles et al., CVPR 2022).",
         epilog=EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"gangealing {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add, run in COMMANDS.values():
-        add(sub).set_defaults(_run=run)
+    for mod in command_modules():
+        mod.add_parser(sub).set_defaults(_run=mod.run)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Subcommands of the gangealing CLI (discovered by gangealing.cli)."""
