@@ -61,6 +61,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        _close_distributed()
+
+
+def _close_distributed() -> None:
+    """Tear down a torchrun process group a command opened, so processes exit cleanly."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

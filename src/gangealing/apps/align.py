@@ -1,0 +1,277 @@
+"""Align a folder of images: congealed images, sampling grids, flips / clusters, the average image.
+
+Output folder layout (``gangealing align INPUTS --out DIR``; see docs/align.md)::
+
+    DIR/congealed/000000_<stem>.png   congealed image of input 0 (R x R), input order
+    DIR/grids/000000_<stem>.npy       float32 (R, R, 2) sampling grid of input 0 (see below)
+    DIR/results.csv, results.json     one row per input: index, input path, outputs, size, flipped, cluster
+    DIR/average.png                   average congealed image (average_cluster<k>.png for clustering models)
+    DIR/skipped.txt                   inputs that could not be read, with the reason (only if any)
+
+A grid holds, for every output pixel, the position it was sampled from in the ORIGINAL input image:
+``(x, y)`` normalised with ``align_corners=False`` (``-1`` / ``+1`` are the outer edges of the
+border pixels), or input pixels with ``grid_units='pixels'`` (pixel centres at integers). So
+``torch.nn.functional.grid_sample(image, grid)`` reproduces the congealed image from the input.
+
+Nothing is written into the input folders: the output folder may not be (inside) one of them,
+and an output file that would overwrite an input is refused.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .sharding import barrier, gather, is_main, shard
+
+GRID_UNITS = ("normalized", "pixels")
+
+
+@dataclass(frozen=True)
+class AlignSummary:
+    """What :func:`align_images` wrote (on every rank: the merged records of all ranks)."""
+
+    out_dir: Path
+    records: List[Dict[str, Any]]  # one per input in input order; skipped inputs have "error"
+    num_written: int
+    skipped: List[Dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
+    averages: List[str] = field(default_factory=list)  # paths of the average image(s)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared by the large-folder applications
+# ------------------------------------------------------------------------------------------------
+
+
+def check_output_dir(out_dir: os.PathLike, inputs: Sequence[os.PathLike]) -> Path:
+    """Refuse an output folder that is, or lies inside, an input folder (inputs stay untouched)."""
+    out = Path(os.path.realpath(out_dir))
+    for item in inputs:
+        p = Path(str(item)).expanduser()
+        if p.is_dir():
+            root = Path(os.path.realpath(p))
+            if out == root or root in out.parents:
+                raise ValueError(f"output folder {out_dir} is inside the input folder {item}; "
+                                 "choose an output folder outside the inputs (they are never modified)")
+    return Path(out_dir)
+
+
+def ignored_files(inputs: Sequence[os.PathLike]) -> List[Path]:
+    """Files in input folders that are not images by suffix (reported, never read)."""
+    from ..data.images import is_image_file
+
+    out: List[Path] = []
+    for item in inputs:
+        p = Path(str(item)).expanduser()
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and not is_image_file(f)
+                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    return out
+
+
+def image_mode(congealer) -> str:
+    """Pillow mode matching the model's number of image channels."""
+    return "L" if int(congealer.stn.cfg.image_channels) == 1 else "RGB"
+
+
+def read_batches(items: Sequence[Tuple[int, Path]], batch_size: int, mode: str
+                 ) -> Iterator[Tuple[List[Tuple[int, Path, np.ndarray]], List[Tuple[int, Path, str]]]]:
+    """Read ``(index, path)`` items in batches: ``(readable [(index, path, uint8 HWC)], unreadable [(index, path, reason)])``.
+
+    Unreadable files are reported (a warning naming the file) and returned separately; reading
+    continues with the next file.
+    """
+    from ..data.images import UnreadableImage, read_image
+
+    batch: List[Tuple[int, Path, np.ndarray]] = []
+    bad: List[Tuple[int, Path, str]] = []
+    for idx, path in items:
+        try:
+            batch.append((idx, path, read_image(path, mode)))
+        except (UnreadableImage, FileNotFoundError) as e:
+            reason = e.reason if isinstance(e, UnreadableImage) else "no such file"
+            warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
+            bad.append((idx, path, reason))
+        if len(batch) >= batch_size:
+            yield batch, bad
+            batch, bad = [], []
+    if batch or bad:
+        yield batch, bad
+
+
+def same_size_groups(batch: List[Tuple[int, Path, np.ndarray]]) -> List[List[Tuple[int, Path, np.ndarray]]]:
+    """Split a batch into runs of equal image size (the predictor takes one size per call)."""
+    groups: Dict[Tuple[int, int], List] = {}
+    for item in batch:
+        groups.setdefault(item[2].shape[:2], []).append(item)
+    return list(groups.values())
+
+
+def stack(group: List[Tuple[int, Path, np.ndarray]]) -> torch.Tensor:
+    """uint8 images of one size -> ``(N, C, H, W)`` float in [-1, 1]."""
+    from ..data.images import to_tensor
+
+    return to_tensor(np.stack([a for _, _, a in group]))
+
+
+def grid_to_pixels(grid: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Normalised grid ``(..., 2)`` -> pixels of a ``height x width`` image (centres at integers)."""
+    from ..geometry.coords import norm_to_pixel
+
+    return norm_to_pixel(grid, (height, width))
+
+
+def output_name(index: int, path: Path) -> str:
+    """``000042_<stem>``: input order first, then the input's name (names can repeat across folders)."""
+    return f"{index:06d}_{path.stem}"
+
+
+# ------------------------------------------------------------------------------------------------
+# align
+# ------------------------------------------------------------------------------------------------
+
+
+def align_images(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLike, *,
+                 output_resolution: Optional[int] = None, batch_size: int = 16, save_grids: bool = True,
+                 grid_units: str = "normalized", average_count: Optional[int] = None, image_format: str = "png",
+                 cluster: Optional[int] = None, dist: Any = None, progress: bool = True) -> AlignSummary:
+    """Align every image that ``inputs`` names (folders, globs, files) and write them under ``out_dir``.
+
+    Under ``torchrun`` each rank aligns every ``world_size``-th image and rank 0 writes the merged
+    tables and the average. ``average_count`` limits the average to the first N inputs (all by
+    default). Returns the merged :class:`AlignSummary` (on every rank).
+    """
+    from ..data.images import list_images, save_image
+
+    if grid_units not in GRID_UNITS:
+        raise ValueError(f"grid_units must be one of {GRID_UNITS}, got {grid_units!r}")
+    if cluster is None:
+        congealer.require_routing()
+    out_dir = check_output_dir(out_dir, inputs)
+    paths = list_images(inputs)
+    protected = [str(p) for p in paths]
+    res_out = congealer.resolution(output_resolution)
+    k = congealer.num_clusters
+    n_avg = len(paths) if average_count is None else min(int(average_count), len(paths))
+    (out_dir / "congealed").mkdir(parents=True, exist_ok=True)
+    if save_grids:
+        (out_dir / "grids").mkdir(parents=True, exist_ok=True)
+
+    mine = shard(list(enumerate(paths)), dist)
+    records: List[Dict[str, Any]] = []
+    total: Optional[torch.Tensor] = None
+    count = torch.zeros(k, dtype=torch.float64)
+    bar = progress_bar(len(mine), "align", progress and is_main(dist))
+    for batch, bad in read_batches(mine, batch_size, image_mode(congealer)):
+        done: Dict[int, Dict[str, Any]] = {}
+        for idx, path, reason in bad:
+            done[idx] = {"index": idx, "input": str(path), "error": reason}
+        for group in same_size_groups(batch):
+            x = stack(group)  # (B, C, H, W)
+            res = congealer.align(x, output_resolution=res_out, cluster=cluster)
+            imgs, grids = res.images.cpu(), res.grid.float().cpu()
+            h, w = x.shape[-2:]
+            if grid_units == "pixels":
+                grids = grid_to_pixels(grids, h, w)
+            for j, (idx, path, _) in enumerate(group):
+                name = output_name(idx, path)
+                img_path = out_dir / "congealed" / f"{name}.{image_format}"
+                save_image(imgs[j], img_path, protected=protected)
+                rec = {"index": idx, "input": str(path), "image": str(img_path.relative_to(out_dir)),
+                       "height": int(h), "width": int(w), "flipped": bool(res.flipped[j]),
+                       "cluster": None if res.cluster is None else int(res.cluster[j])}
+                if save_grids:
+                    grid_path = out_dir / "grids" / f"{name}.npy"
+                    np.save(grid_path, grids[j].numpy().astype(np.float32))
+                    rec["grid"] = str(grid_path.relative_to(out_dir))
+                done[idx] = rec
+                if idx < n_avg:
+                    cl = 0 if res.cluster is None else int(res.cluster[j])
+                    if total is None:
+                        total = torch.zeros(k, *imgs.shape[1:], dtype=torch.float64)
+                    total[cl] += imgs[j].double()
+                    count[cl] += 1
+        records += [done[i] for i in sorted(done)]
+        bar.update(len(batch) + len(bad))
+    bar.close()
+
+    # Records are produced in this rank's order; merge back into input order.
+    by_index = {r["index"]: r for r in records}
+    merged = gather([by_index[i] for i, _ in mine], dist)
+    sums = gather([(total, count)], dist)
+    skipped = [{"path": r["input"], "reason": r["error"]} for r in merged if "error" in r]
+    averages: List[str] = []
+    if is_main(dist):
+        averages = _write_average(sums, out_dir, image_format, protected)
+        _write_tables(merged, out_dir, grid_units, res_out)
+        if skipped:
+            (out_dir / "skipped.txt").write_text("".join(f"{s['path']}\t{s['reason']}\n" for s in skipped))
+    barrier(dist)
+    if not averages:
+        averages = sorted(str(p) for p in out_dir.glob(f"average*.{image_format}"))
+    return AlignSummary(out_dir=out_dir, records=merged, num_written=sum("error" not in r for r in merged),
+                        skipped=skipped, averages=averages)
+
+
+def _write_average(sums, out_dir: Path, image_format: str, protected) -> List[str]:
+    from ..data.images import save_image
+
+    total, count = None, None
+    for t, c in sums:
+        if t is None:
+            continue
+        total = t.clone() if total is None else total + t
+        count = c.clone() if count is None else count + c
+    if total is None:
+        return []
+    written = []
+    k = total.size(0)
+    for cl in range(k):
+        if count[cl] == 0:
+            continue
+        avg = (total[cl] / count[cl]).float()
+        name = "average" if k == 1 else f"average_cluster{cl}"
+        written.append(str(save_image(avg, out_dir / f"{name}.{image_format}", protected=protected)))
+    return written
+
+
+def _write_tables(records: List[Dict[str, Any]], out_dir: Path, grid_units: str, resolution: int) -> None:
+    cols = ["index", "input", "image", "grid", "height", "width", "flipped", "cluster", "error"]
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        wr.writeheader()
+        for r in records:
+            wr.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
+    meta = {"output_resolution": resolution, "grid_units": grid_units,
+            "grid_convention": "grid[i, j] = (x, y) source position in the input image of output pixel (row i, col j); "
+                               + ("normalised, align_corners=False" if grid_units == "normalized"
+                                  else "input pixels, centres at integers"),
+            "images": records}
+    with open(out_dir / "results.json", "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar on the main process (a no-op object elsewhere)."""
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a core dependency
+        return _NoBar()
+    return tqdm(total=total, desc=desc, leave=False, disable=None)

@@ -1,0 +1,100 @@
+"""`gangealing align`: congeal a folder of images; write congealed images, grids, flips, clusters, the average."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._common import Formatter
+
+ORDER = 30
+
+EPILOG = """examples:
+  gangealing align photos/ --ckpt cat --out aligned/
+  gangealing align "photos/*.jpg" extra.png --ckpt model.pt --out aligned/ --output-resolution 256
+  torchrun --nproc_per_node 4 -m gangealing align photos/ --ckpt cat --out aligned/
+
+outputs (see docs/align.md):
+  aligned/congealed/000000_<name>.png   congealed images, input order
+  aligned/grids/000000_<name>.npy       (R, R, 2) float32: where each output pixel comes from in the input
+  aligned/results.csv, results.json     input, outputs, flipped, cluster per image (and unreadable files)
+  aligned/average.png                   the average congealed image
+"""
+
+
+def add_model_args(p: argparse.ArgumentParser, *, resolution: bool = True) -> None:
+    """Flags shared by the commands that apply a trained model to real images."""
+    p.add_argument("--ckpt", required=True,
+                   help="model checkpoint: our file, an original GANgealing .pt, or a released name "
+                        "(bicycle, car, cat, cat_ssl_mix6, celeba, cub, dog, horse, tvmonitor)")
+    if resolution:
+        p.add_argument("--output-resolution", type=int, default=None,
+                       help="side of the congealed images (default: the model's flow size)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="similarity passes (default: the checkpoint's test setting, else 1)")
+    p.add_argument("--padding", choices=("border", "reflection", "zeros"), default=None,
+                   help="how pixels outside the image are filled (default: the checkpoint's setting, else border)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip inference: align each image or its mirror, whichever has the smoother flow "
+                        "(default: on for single-cluster models with a flow; clustering models flip by classifier)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (per process)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 (default: this process's GPU if there is one, else cpu)")
+
+
+def load_congealer(args: argparse.Namespace):
+    """(Congealer, DistInfo) from the shared flags; starts the process group under torchrun."""
+    from ..apps.sharding import init_distributed
+    from ..predictor import Congealer
+
+    dist = init_distributed(args.device)
+    device = getattr(dist, "device", None) or args.device or "cpu"
+    congealer = Congealer.from_checkpoint(args.ckpt, device=device, iters=args.iters, padding_mode=args.padding,
+                                          flip=args.flip, output_resolution=getattr(args, "output_resolution", None))
+    return congealer, dist
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("align", help="congeal images: aligned images, sampling grids, flips, clusters, average",
+                       formatter_class=Formatter, epilog=EPILOG,
+                       description="Align every image of a folder, glob or file list with a trained model. "
+                                   "Unreadable files are reported and skipped; inputs are never modified. "
+                                   "Runs under torchrun (the images are split across processes).")
+    p.add_argument("inputs", nargs="+", help="image folders (recursive), glob patterns or image files")
+    p.add_argument("--out", required=True, help="output folder (must not be inside an input folder)")
+    add_model_args(p)
+    p.add_argument("--cluster", type=int, default=None,
+                   help="clustering models: align every image in this cluster instead of asking the classifier")
+    p.add_argument("--average-count", type=int, default=None,
+                   help="average the congealed images of the first N inputs (default: all)")
+    p.add_argument("--grids", choices=("normalized", "pixels", "none"), default="normalized",
+                   help="save each image's sampling grid: normalised coordinates (align_corners=False), "
+                        "input pixels, or not at all")
+    p.add_argument("--format", choices=("png", "jpg"), default="png", help="image format of the outputs")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..apps.align import align_images, ignored_files
+    from ..apps.sharding import finish, is_main
+
+    try:
+        congealer, dist = load_congealer(args)
+        summary = align_images(congealer, args.inputs, args.out, output_resolution=args.output_resolution,
+                               batch_size=args.batch_size, save_grids=args.grids != "none",
+                               grid_units="normalized" if args.grids == "none" else args.grids,
+                               average_count=args.average_count, image_format=args.format, cluster=args.cluster,
+                               dist=dist)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if is_main(dist):
+        ignored = ignored_files(args.inputs)
+        if ignored:
+            print(f"ignored {len(ignored)} non-image file(s) in the input folders, e.g. {ignored[0]}")
+        for s in summary.skipped:
+            print(f"skipped {s['path']}: {s['reason']}")
+        print(f"aligned {summary.num_written} image(s) into {summary.out_dir}"
+              + (f"; {len(summary.skipped)} unreadable skipped" if summary.skipped else "")
+              + (f"; average: {', '.join(summary.averages)}" if summary.averages else ""))
+    finish(dist)
+    return 0

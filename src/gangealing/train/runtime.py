@@ -1,0 +1,399 @@
+"""What every trainer shares: processes and devices, the run folder, checkpoints, logging, progress.
+
+* :func:`init_distributed` reads the ``torchrun`` environment (``RANK``, ``WORLD_SIZE``,
+  ``LOCAL_RANK``) and starts the process group: NCCL on CUDA, gloo on CPU. Without ``torchrun`` it
+  is a single process and nothing is initialised.
+* :class:`RunDir` is the run folder: ``config.json`` (the resolved config), ``checkpoints/``
+  (``NNNNNNN.pt`` numbered by step, plus ``last.pt``; the newest ``keep`` numbered ones are kept),
+  and what the trainer writes beside them (``metrics.jsonl``, sample grids). A trainer resumes by
+  calling :meth:`RunDir.latest_checkpoint`; no flag is needed.
+* :class:`MetricsLogger` appends JSON lines (one dict per logged step) and mirrors scalars to
+  TensorBoard when ``tensorboard`` is installed.
+* :func:`progress` is a tqdm bar (rate and ETA) on the primary process only.
+* :func:`ema_update` and :func:`seed_everything` are the small pieces every GAN trainer needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..checkpoint import Checkpoint, atomic_save, save_checkpoint
+from ..data.images import _umask_mode
+
+PathLike = Union[str, os.PathLike]
+
+
+# --------------------------------------------------------------------------------- processes
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job: rank, world size, local rank, device, primary or not."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    is_primary: bool = True
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(device: Union[str, torch.device, None] = None, local_rank: int = 0) -> torch.device:
+    """``device`` if given ('cpu', 'cuda', 'cuda:1'); else this process's GPU if there is one, else the CPU."""
+    if device is not None and str(device) != "auto":
+        d = torch.device(device)
+        if d.type == "cuda" and d.index is None:
+            d = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+        return d
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(device: Union[str, torch.device, None] = None, timeout_s: float = 1800) -> DistInfo:
+    """Start the process group when launched by ``torchrun`` (NCCL on CUDA, gloo on CPU); else one process.
+
+    ``device``: 'cpu' forces CPU (and gloo) even where GPUs exist; default picks GPU ``LOCAL_RANK``.
+    Calling it again in a process whose group is already up returns the same information.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                **({"device_id": dev} if dev.type == "cuda" else {}))
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world, local, dev, rank == 0)
+
+
+def cleanup_distributed() -> None:
+    """Tear the process group down (no-op for one process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op for one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_mean(x: Union[torch.Tensor, float]) -> torch.Tensor:
+    """Mean of ``x`` over all processes (a new tensor; for one process, ``x`` detached)."""
+    t = x.detach().clone() if isinstance(x, torch.Tensor) else torch.tensor(float(x))
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":
+            t = t.cuda()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t = t / dist.get_world_size()
+    return t
+
+
+def all_reduce_dict(values: Mapping[str, Union[torch.Tensor, float]], device: Union[str, torch.device] = "cpu") -> Dict[str, float]:
+    """Means over processes of a dict of scalars, in one collective: ``{name: float}``."""
+    if not values:
+        return {}
+    keys = sorted(values)
+    t = torch.stack([torch.as_tensor(values[k], dtype=torch.float32, device=device).detach().reshape(())
+                     for k in keys])
+    t = all_reduce_mean(t)
+    return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def all_reduce_grads(*modules: nn.Module) -> None:
+    """Average the gradients of ``modules`` over processes, in one collective (no-op for one process).
+
+    This is what DistributedDataParallel does after ``backward``, done explicitly so that it also
+    works for double backward (R1) and for losses that leave some parameters unused (lazy
+    regularisation): parameters without a gradient contribute zeros.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    if not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        g = flat[offset:offset + n].view_as(p)
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
+        offset += n
+
+
+def broadcast_module(module: nn.Module, src: int = 0) -> None:
+    """Copy parameters and buffers of ``module`` from process ``src`` to all others (in place)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(t.data, src)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or compiled) wrapper."""
+    while hasattr(module, "module") and isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        module = module.module
+    return getattr(module, "_orig_mod", module)
+
+
+# --------------------------------------------------------------------------------- randomness
+def seed_everything(seed: int, rank: int = 0, device: Union[str, torch.device] = "cpu") -> torch.Generator:
+    """Seed Python, numpy and torch with ``seed + rank``; return a ``torch.Generator`` on ``device`` seeded the same.
+
+    Each process gets different noise (different rank) from one user-facing seed.
+    """
+    s = int(seed) + int(rank)
+    random.seed(s)
+    try:
+        import numpy as np
+
+        np.random.seed(s % 2**32)
+    except ImportError:  # pragma: no cover
+        pass
+    torch.manual_seed(s)
+    g = torch.Generator(device=device)
+    g.manual_seed(s)
+    return g
+
+
+@torch.no_grad()
+def ema_update(ema_module: nn.Module, module: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * module`` for floating parameters; buffers are copied."""
+    module = unwrap(module)
+    ema_p = dict(ema_module.named_parameters())
+    for name, p in module.named_parameters():
+        e = ema_p[name]
+        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    ema_b = dict(ema_module.named_buffers())
+    for name, b in module.named_buffers():
+        ema_b[name].copy_(b)
+
+
+# --------------------------------------------------------------------------------- run folder
+_CKPT_RE = re.compile(r"^(\d{7,})\.pt$")
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def write_json(obj: Any, path: PathLike) -> Path:
+    """Write ``obj`` (dataclasses allowed) as indented JSON, atomically."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(obj), f, indent=2)
+            f.write("\n")
+        _umask_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class RunDir:
+    """A run folder: ``config.json``, ``checkpoints/NNNNNNN.pt`` + ``checkpoints/last.pt``, logs, samples.
+
+    Only the primary process should write (pass ``is_primary``; writes are no-ops elsewhere).
+    """
+
+    def __init__(self, path: PathLike, keep: int = 3, is_primary: bool = True):
+        self.path = Path(path)
+        self.keep = int(keep)
+        self.is_primary = is_primary
+        if is_primary:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    def file(self, *parts: str) -> Path:
+        """A path inside the run folder (parent folders created on the primary)."""
+        p = self.path.joinpath(*parts)
+        if self.is_primary:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def save_config(self, config: Any) -> Optional[Path]:
+        """Write the resolved config (a dataclass or dict) to ``config.json``."""
+        return write_json(config, self.config_path) if self.is_primary else None
+
+    def load_config(self) -> Optional[Dict[str, Any]]:
+        """The saved ``config.json`` as a dict, or None."""
+        if not self.config_path.is_file():
+            return None
+        with open(self.config_path) as f:
+            return json.load(f)
+
+    def numbered_checkpoints(self) -> List[Path]:
+        """``checkpoints/NNNNNNN.pt`` sorted by step."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := _CKPT_RE.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        """``last.pt`` if present, else the highest-numbered checkpoint, else None."""
+        last = self.checkpoints / "last.pt"
+        if last.is_file():
+            return last
+        numbered = self.numbered_checkpoints()
+        return numbered[-1] if numbered else None
+
+    def save_checkpoint(self, ckpt: Union[Checkpoint, Mapping[str, Any]], step: int, numbered: bool = True) -> Optional[Path]:
+        """Write ``last.pt`` (and ``NNNNNNN.pt`` if ``numbered``) atomically; prune to the newest ``keep``.
+
+        ``ckpt``: a :class:`~gangealing.checkpoint.Checkpoint` (written in our format) or a plain dict.
+        """
+        if not self.is_primary:
+            return None
+        write = (lambda p: save_checkpoint(ckpt, p)) if isinstance(ckpt, Checkpoint) else (lambda p: atomic_save(dict(ckpt), p))
+        last = write(self.checkpoints / "last.pt")
+        if numbered:
+            write(self.checkpoints / f"{int(step):07d}.pt")
+            for old in self.numbered_checkpoints()[:-self.keep] if self.keep > 0 else []:
+                old.unlink(missing_ok=True)
+        return last
+
+
+# --------------------------------------------------------------------------------- logging
+class MetricsLogger:
+    """JSON lines (``{"step": s, name: value, ...}`` per call) plus TensorBoard when it is installed.
+
+    On resume the file is appended to; lines from steps after the resumed step (written before a
+    crash, after the last checkpoint) are kept, so readers should take the last line per step.
+    """
+
+    def __init__(self, path: PathLike, enabled: bool = True, tensorboard: Union[bool, PathLike] = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    import tensorboard  # noqa: F401  (SummaryWriter imports it lazily and fails late)
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    tb = self.path.parent / "tensorboard" if tensorboard is True else Path(tensorboard)
+                    self.writer = SummaryWriter(str(tb))
+                except Exception:  # noqa: BLE001 - TensorBoard is optional: no writer when it is missing
+                    self.writer = None
+
+    def log(self, step: int, **values: Any) -> None:
+        """Append one line; numbers (and 0-d tensors) also go to TensorBoard."""
+        if not self.enabled:
+            return
+        row: Dict[str, Any] = {"step": int(step)}
+        for k, v in values.items():
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            row[k] = v
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.writer.add_scalar(k, v, step)
+
+    def log_image(self, step: int, tag: str, image_hwc: Any) -> None:
+        """Send a uint8 ``(H, W, C)`` image to TensorBoard (if any)."""
+        if self.enabled and self.writer is not None:
+            self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
+    """The lines of a ``metrics.jsonl``, the last one per step, sorted by step."""
+    rows: Dict[int, Dict[str, Any]] = {}
+    p = Path(path)
+    if not p.is_file():
+        return []
+    with open(p) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill
+                    continue
+                rows.setdefault(int(r.get("step", -1)), {}).update(r)
+    return [rows[k] for k in sorted(rows)]
+
+
+def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True, **kw: Any):
+    """A tqdm bar (rate, ETA) counting iterations from ``initial`` to ``total``; disabled unless ``enabled``.
+
+    Pass ``enabled=dist_info.is_primary`` so only one process draws it.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
+                unit="it", smoothing=0.05, **kw)
+
+
+def infinite_indices(n: int, batch: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+    """Endless ``(batch,)`` index batches: each epoch a fresh permutation, split across processes."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        perm = perm[rank::world_size] if world_size > 1 else perm
+        for i in range(0, len(perm) - batch + 1, batch):
+            yield perm[i:i + batch]
+        if len(perm) < batch:  # fewer images than a batch: sample with replacement
+            yield torch.randint(n, (batch,), generator=generator)
