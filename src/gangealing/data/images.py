@@ -176,7 +176,10 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
         raise TypeError(f"expected a uint8 array, got {a.dtype}")
     if a.ndim == 2:
         a = a[:, :, None]
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:  # Pillow-backed arrays are read-only; torch wants to own writable memory
+        a = a.copy()
+    t = torch.from_numpy(a)
     t = t.permute(2, 0, 1) if t.ndim == 3 else t.permute(0, 3, 1, 2)  # (C, H, W) / (N, C, H, W)
     return t.float().div(127.5).sub(1.0)
 
