@@ -1,7 +1,6 @@
 """The shared training runtime (gangealing.train.runtime)."""
 import json
 
-import pytest
 import torch
 from torch import nn
 

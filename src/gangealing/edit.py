@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gangealing.fileio import atomic_write
 from gangealing.geometry.coords import norm_to_pixel
 
 __all__ = [
@@ -460,17 +460,7 @@ def save_label_map(labels: torch.Tensor, path: Union[str, os.PathLike], *, prote
     if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
         raise ValueError("label ids must be in [0, 65535] to be stored as a PNG")
     img = Image.fromarray(arr.astype(np.uint8 if arr.max(initial=0) <= 255 else np.uint16))  # L or I;16
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 # ------------------------------------------------------------------------------------------------

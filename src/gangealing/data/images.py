@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob as _glob
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from ..fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def iter_images(paths: Iterable[PathLike], mode: str = "RGB",
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
-    """uint8 ``(H, W, C)`` -> float ``(C, H, W)`` in [-1, 1]; ``(N, H, W, C)`` -> ``(N, C, H, W)``; ``(H, W)`` -> ``(1, H, W)``."""
+    """uint8 ``(H, W, C)`` -> float ``(C, H, W)`` in [-1, 1] (``(N, H, W, C)`` -> ``(N, C, H, W)``, ``(H, W)`` -> ``(1, H, W)``)."""
     a = np.asarray(array)
     if a.dtype != np.uint8:
         raise TypeError(f"expected a uint8 array, got {a.dtype}")
@@ -192,13 +193,6 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     t = t.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
     t = t.permute(1, 2, 0) if t.ndim == 3 else t.permute(0, 2, 3, 1)  # (H, W, C) / (N, H, W, C)
     return t.contiguous().numpy()
-
-
-def _umask_mode(path: PathLike) -> None:
-    """Give a ``mkstemp`` file (created 0600) the permissions a plain ``open`` would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def save_image(image: Union[np.ndarray, torch.Tensor], path: PathLike, *, protected: Iterable[PathLike] = (),
@@ -225,15 +219,4 @@ def save_image(image: Union[np.ndarray, torch.Tensor], path: PathLike, *, protec
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r}")
     if fmt == "JPEG" and pil.mode == "RGBA":
         pil = pil.convert("RGB")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=fmt, **save_kwargs)
-        _umask_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: pil.save(f, format=fmt, **save_kwargs))

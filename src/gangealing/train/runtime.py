@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..checkpoint import Checkpoint, atomic_save, save_checkpoint
-from ..data.images import _umask_mode
+from ..fileio import atomic_write
 
 PathLike = Union[str, os.PathLike]
 
@@ -107,7 +107,8 @@ def all_reduce_mean(x: Union[torch.Tensor, float]) -> torch.Tensor:
     return t
 
 
-def all_reduce_dict(values: Mapping[str, Union[torch.Tensor, float]], device: Union[str, torch.device] = "cpu") -> Dict[str, float]:
+def all_reduce_dict(values: Mapping[str, Union[torch.Tensor, float]],
+                    device: Union[str, torch.device] = "cpu") -> Dict[str, float]:
     """Means over processes of a dict of scalars, in one collective: ``{name: float}``."""
     if not values:
         return {}
@@ -214,22 +215,11 @@ def _jsonable(obj: Any) -> Any:
 
 def write_json(obj: Any, path: PathLike) -> Path:
     """Write ``obj`` (dataclasses allowed) as indented JSON, atomically."""
-    import tempfile
+    def write(f):
+        json.dump(_jsonable(obj), f, indent=2)
+        f.write("\n")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(obj), f, indent=2)
-            f.write("\n")
-        _umask_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, write, binary=False)
 
 
 class RunDir:
@@ -286,14 +276,18 @@ class RunDir:
         numbered = self.numbered_checkpoints()
         return numbered[-1] if numbered else None
 
-    def save_checkpoint(self, ckpt: Union[Checkpoint, Mapping[str, Any]], step: int, numbered: bool = True) -> Optional[Path]:
+    def save_checkpoint(self, ckpt: Union[Checkpoint, Mapping[str, Any]], step: int,
+                        numbered: bool = True) -> Optional[Path]:
         """Write ``last.pt`` (and ``NNNNNNN.pt`` if ``numbered``) atomically; prune to the newest ``keep``.
 
         ``ckpt``: a :class:`~gangealing.checkpoint.Checkpoint` (written in our format) or a plain dict.
         """
         if not self.is_primary:
             return None
-        write = (lambda p: save_checkpoint(ckpt, p)) if isinstance(ckpt, Checkpoint) else (lambda p: atomic_save(dict(ckpt), p))
+        if isinstance(ckpt, Checkpoint):
+            def write(p): return save_checkpoint(ckpt, p)
+        else:
+            def write(p): return atomic_save(dict(ckpt), p)
         last = write(self.checkpoints / "last.pt")
         if numbered:
             write(self.checkpoints / f"{int(step):07d}.pt")
@@ -388,7 +382,8 @@ def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True,
                 unit="it", smoothing=0.05, **kw)
 
 
-def infinite_indices(n: int, batch: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+def infinite_indices(n: int, batch: int, generator: torch.Generator, rank: int = 0,
+                     world_size: int = 1) -> Iterator[torch.Tensor]:
     """Endless ``(batch,)`` index batches: each epoch a fresh permutation, split across processes."""
     while True:
         perm = torch.randperm(n, generator=generator)

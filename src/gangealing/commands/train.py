@@ -1,0 +1,124 @@
+"""`gangealing train`: GANgealing training (target and spatial transformer) against a frozen generator."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ._common import Formatter
+
+ORDER = 20
+
+EPILOG = """\
+examples:
+  # a CPU run on a tiny 32 px generator (minutes), with visuals of held-out real images
+  gangealing train --generator models/gan-tiny-mnist3/generator.pt --out runs/mnist3 --preset tiny --real mnist:3
+  # 4 clusters without flips, then the classifier that routes real images to a cluster
+  gangealing train --generator G.pt --out runs/k4 --preset tiny-clusters
+  gangealing train-classifier runs/k4 --iters 300
+  # the paper's LSUN Cats run on 8 GPUs (total batch 40 = 8 x 5); on 1 GPU use --micro-batch 5 (8 passes per step)
+  torchrun --nproc_per_node 8 -m gangealing train --generator cat.pt --out runs/cats --preset lsun-cats
+  # two CPU processes (gloo)
+  torchrun --nproc_per_node 2 -m gangealing train --generator G.pt --out runs/ddp --preset tiny --device cpu
+
+Running the same command again resumes from OUT/checkpoints/last.pt. Presets: see docs/train.md.
+"""
+
+# Help for every overridable field of GANgealingTrainConfig (flag = --field-name).
+_FIELD_HELP = {
+    "transforms": "transformer warps: similarity, flow, or similarity flow",
+    "num_heads": "number of clusters K (K targets, K transformer heads); 1 = unimodal GANgealing",
+    "flips": "let the mirrored sample compete in the min over clusters (clustering variant)",
+    "num_directions": "PCA directions of W spanning the target's search space (the original's --ndirs)",
+    "inject": "W+ rows taken from the target c (the rest keep the sample's own w)",
+    "loss": "perceptual loss: lpips-vgg, vgg-ssl, mobilenet (offline), l1, l2",
+    "tv_weight": "weight of the Huber total-variation loss on the residual flow",
+    "identity_weight": "weight of the L2 identity loss on the residual flow",
+    "freeze_target": "keep the target c at its initialisation",
+    "sample_from_full_res": "sample pixels from the full-resolution generator output",
+    "padding_mode": "grid-sample padding: border, reflection or zeros",
+    "flow_size": "resolution the transformer regresses and warps at",
+    "input_size": "resolution of real images fed at test time (the original's --real_size)",
+    "stn_channel_multiplier": "transformer width multiplier",
+    "stn_max_channels": "cap on the transformer's widths",
+    "iters": "optimisation steps",
+    "batch": "total samples per step over all processes and accumulation passes (paper: 40)",
+    "micro_batch": "samples per process per forward pass (batch / (micro_batch x processes) passes per step)",
+    "stn_lr": "transformer learning rate (Adam)",
+    "target_lr": "target-coefficient learning rate (Adam)",
+    "anneal_psi": "steps over which psi anneals from 1 to 0",
+    "anneal_fn": "psi schedule: cosine or linear",
+    "period": "first learning-rate cycle after annealing, in steps",
+    "t_mult": "cycle-length multiplier of the learning-rate restarts",
+    "decay": "peak decay per learning-rate restart",
+    "ema_decay": "per-step decay of the transformer's EMA (the test-time transformer)",
+    "pca_samples": "W samples for the PCA of W",
+    "kmeans_candidates": "candidate latents for the k-means++ initialisation of K targets",
+    "log_every": "steps between metric lines",
+    "vis_every": "steps between visuals",
+    "ckpt_every": "steps between numbered checkpoints",
+    "n_sample": "images per visual",
+    "n_mean": "real images averaged in the congealed-average visual",
+    "seed": "random seed",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ..train.presets import GANgealingTrainConfig, preset_names
+
+    p = sub.add_parser("train", help="GANgealing training: learn the congealing target and the spatial transformer",
+                       description="Train a spatial transformer (and its congealing target) on samples of a frozen "
+                       "generator: perceptual loss to per-sample targets, TV and identity regularisers, psi "
+                       "annealing, Adam with decaying cosine restarts, EMA, optional clustering and flips.",
+                       formatter_class=Formatter, epilog=EPILOG)
+    p.add_argument("--generator", required=True,
+                   help="generator: a gangealing generator/model checkpoint or any importable file (rosinality g_ema, ...)")
+    p.add_argument("--out", required=True, help="run folder (created; an existing one is resumed)")
+    p.add_argument("--preset", default=None, choices=preset_names(),
+                   help="hyperparameters of a paper dataset or a CPU preset; flags below override it "
+                   "(default: the original's train.py defaults)")
+    p.add_argument("--real", default=None,
+                   help="real images for the visuals only (folder, zip, glob, or embedded name such as mnist:3)")
+    p.add_argument("--real-split", default="test", help="split of an embedded --real dataset (train, test, all)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this process's GPU, else CPU)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resume later)")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("overrides of the preset (default: the preset's value)")
+    for f in dataclasses.fields(GANgealingTrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = _FIELD_HELP.get(f.name, f.name.replace("_", " "))
+        if f.type in ("bool", bool):
+            g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_)
+        elif f.name == "transforms":
+            g.add_argument(flag, dest=f.name, default=None, nargs="+", choices=["similarity", "flow"], help=help_)
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type), str)
+            g.add_argument(flag, dest=f.name, default=None, type=typ, help=help_)
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """The resolved :class:`GANgealingTrainConfig` of parsed arguments (preset + overrides)."""
+    from ..train.presets import GANgealingTrainConfig, get_preset
+
+    overrides = {}
+    for f in dataclasses.fields(GANgealingTrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            overrides[f.name] = tuple(v) if isinstance(v, list) else v
+    if args.preset:
+        return get_preset(args.preset, **overrides)
+    return GANgealingTrainConfig(**overrides).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.gangealing import train_gangealing
+
+    cfg = config_from_args(args)
+    res = train_gangealing(cfg, args.generator, args.out, real=args.real, real_split=args.real_split,
+                           device=args.device, max_steps=args.max_steps, tensorboard=not args.no_tensorboard,
+                           show_progress=not args.quiet)
+    shown = {k: round(v, 6) for k, v in res.losses.items() if k in ("perceptual", "tv", "identity", "psi")}
+    print(f"step {res.step}/{cfg.iters} in {res.wall_time_s:.0f} s; last losses {shown}")
+    print(f"model: {res.model_path}" if res.model_path else f"stopped; resume with the same command ({res.run_dir})")
+    return 0

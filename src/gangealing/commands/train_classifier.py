@@ -1,0 +1,60 @@
+"""`gangealing train-classifier`: the cluster classifier of a clustering GANgealing run."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ._common import Formatter
+
+ORDER = 21
+
+_HELP = {
+    "iters": "optimisation steps",
+    "batch": "total generated samples per step over processes and accumulation passes",
+    "micro_batch": "samples per process per forward pass",
+    "lr": "Adam learning rate",
+    "period": "first learning-rate cycle in steps (cosine restarts from step 0)",
+    "t_mult": "cycle-length multiplier",
+    "decay": "peak decay per restart",
+    "log_every": "steps between metric lines",
+    "vis_every": "steps between visuals",
+    "ckpt_every": "steps between numbered checkpoints",
+    "n_sample": "generated images in the by-cluster visual",
+    "seed": "random seed",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ..train.presets import ClassifierTrainConfig
+
+    p = sub.add_parser("train-classifier", help="train the cluster classifier of a clustering GANgealing model",
+                       description="Train the classifier that routes real images to a cluster (and orientation, with "
+                       "flips): generated samples labelled by the min-loss rule over clusters and flips, "
+                       "cross-entropy, initialised from the similarity transformer.",
+                       formatter_class=Formatter,
+                       epilog="example:\n  gangealing train-classifier runs/k4 --iters 300\n"
+                       "writes runs/k4/classifier/model.pt (the model with its classifier); rerun to resume.")
+    p.add_argument("run", help="a `gangealing train` run folder (or its model.pt)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/classifier)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this process's GPU, else CPU)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resume later)")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    defaults = ClassifierTrainConfig()
+    for f in dataclasses.fields(ClassifierTrainConfig):
+        d = getattr(defaults, f.name)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(d), default=d, help=_HELP[f.name])
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.classifier import train_classifier
+    from ..train.presets import ClassifierTrainConfig
+
+    cfg = ClassifierTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierTrainConfig)})
+    res = train_classifier(args.run, cfg, args.out, device=args.device, max_steps=args.max_steps,
+                           tensorboard=not args.no_tensorboard, show_progress=not args.quiet)
+    shown = {k: round(v, 4) for k, v in res.losses.items() if k in ("cross_entropy", "acc1", "acc2")}
+    print(f"step {res.step}/{cfg.iters} in {res.wall_time_s:.0f} s; {shown}")
+    print(f"model: {res.model_path}" if res.model_path else f"stopped; resume with the same command ({res.run_dir})")
+    return 0

@@ -1,0 +1,92 @@
+"""`gangealing train-gan`: train the StyleGAN2 generator GANgealing starts from."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ._common import Formatter
+
+ORDER = 10
+
+EPILOG = """\
+examples:
+  gangealing train-gan animals:cat --out runs/gan-cat --mirror          # embedded cat silhouettes, tiny preset
+  gangealing train-gan mnist:3 --out runs/gan-3 --iters 3000
+  gangealing train-gan photos/ --out runs/gan-photos --preset small --pad border
+  torchrun --nproc_per_node 8 -m gangealing train-gan faces.zip --out runs/faces --preset paper
+
+Run the same command again to resume a stopped run (settings come from its checkpoint; flags you
+pass that change what is learned are refused). `--export FILE` writes the EMA generator alone.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ..train.gan import PRESETS, GANTrainConfig
+
+    p = sub.add_parser("train-gan", help="train a StyleGAN2 generator on a folder, zip or embedded dataset",
+                       formatter_class=Formatter, epilog=EPILOG,
+                       description="Train a StyleGAN2 generator (non-saturating loss, lazy R1, optional path-length "
+                                   "regularisation, style mixing, EMA, differentiable augmentation) on your images. "
+                                   "Presets: tiny (32 px, 2-core CPU), small (64 px), paper (256 px config-f); every "
+                                   "value can be overridden. Resumes automatically from RUN_DIR.")
+    p.add_argument("data", help="a folder of images, a zip of images, a glob, or an embedded dataset "
+                                "(animals[:class], mnist[:digit], fashion-mnist[:class])")
+    p.add_argument("--out", required=True, help="run folder (created; resumed when it holds a checkpoint)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="starting config (default: tiny; on resume the run's own)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this process's GPU if any, else CPU)")
+    p.add_argument("--cache-dir", default=None, help="where prepared datasets are cached (default $GANGEALING_CACHE or ~/.cache/gangealing)")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop (with a checkpoint) after this long; rerun to continue")
+    p.add_argument("--export", default=None, metavar="FILE", help="after training, write the EMA generator alone to FILE")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    helps = {
+        "size": "training resolution (power of two)", "pad": "crop/pad to square: center, border, zero, none",
+        "mirror": "random horizontal flips of real images (not for digits or text)", "split": "split of an embedded dataset",
+        "style_dim": "latent width", "n_mlp": "mapping-network layers",
+        "g_channel_multiplier": "generator channel multiplier (above 32 px)", "g_max_channels": "generator width cap",
+        "d_channel_multiplier": "discriminator channel multiplier", "d_max_channels": "discriminator width cap",
+        "batch": "images per step per process", "iters": "total training steps", "lr": "Adam learning rate",
+        "beta1": "Adam beta1", "beta2": "Adam beta2", "r1": "R1 weight gamma", "d_reg_every": "R1 every N steps",
+        "path_reg": "path-length regularisation weight (0 = off)", "g_reg_every": "path-length reg every N steps",
+        "path_batch_shrink": "batch divisor for the path-length pass", "mixing": "style-mixing probability",
+        "ema_kimg": "EMA half-life in thousands of images", "ema_rampup": "EMA ramp-up (0 = off)",
+        "augment": "auto (diffaug below 30k images), diffaug or none",
+        "augment_policy": "DiffAugment ops: color, translation, cutout", "augment_p": "probability of each op",
+        "seed": "random seed", "amp": "bf16 mixed precision (GPU only)", "log_every": "metrics every N steps",
+        "sample_every": "sample grid every N steps", "ckpt_every": "checkpoint every N steps",
+        "keep": "numbered checkpoints to keep (0 = all)", "n_sample": "images in the sample grid",
+    }
+    g = p.add_argument_group("training options (default: the preset's value)")
+    for f in dataclasses.fields(GANTrainConfig):
+        if f.name in ("data", "preset"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            g.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, help=helps[f.name])
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            g.add_argument(flag, type=typ, default=None, help=helps[f.name])
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..train.gan import GANTrainConfig, export_generator, resolve_config, saved_train_config, train_gan
+
+    names = [f.name for f in dataclasses.fields(GANTrainConfig) if f.name not in ("data", "preset")]
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    saved = saved_train_config(args.out) if __import__("os").path.isdir(args.out) else None
+    if saved is not None:  # resume: the run's settings, plus whatever was passed explicitly
+        if args.preset is not None and args.preset != saved.preset:
+            given["preset"] = args.preset
+        cfg = GANTrainConfig.from_dict({**saved.to_dict(), **given, "data": args.data})
+        print(f"resuming {args.out} (preset {saved.preset})")
+    else:
+        cfg = resolve_config(args.preset or "tiny", data=args.data, **given)
+    result = train_gan(cfg, args.out, device=args.device, cache_dir=args.cache_dir,
+                       show_progress=not args.no_progress, max_seconds=args.max_seconds)
+    if args.export:
+        export_generator(args.out, args.export)
+    print(json.dumps({"step": result.step, "checkpoint": str(result.checkpoint), "seconds": round(result.seconds, 1),
+                      **{k: round(v, 4) for k, v in result.metrics.items()}}))
+    return 0

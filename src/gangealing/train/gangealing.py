@@ -1,0 +1,443 @@
+"""GANgealing training: learn the congealing target ``c`` and the spatial transformer from a frozen generator.
+
+One optimisation step (the original's ``train.py``), for ``batch`` samples in ``accumulation``
+forward passes per process::
+
+    psi  = anneal_psi(step)                      # 1 -> 0 over the first anneal_psi steps
+    loss = congealing_step(G, T, c, ...)         # objective.py: perceptual + TV + identity, min over heads/flips
+    loss / accumulation -> backward; mean of gradients over processes
+    Adam(T), Adam(c); after annealing both learning rates follow the decaying cosine restarts
+    T_ema <- EMA(T)                              # the transformer used at test time
+
+Initialisation: ``c`` in the span of the top ``num_directions`` PCA directions of W (PCA of
+``pca_samples`` mapped samples), starting at the mean W; with K clusters each head starts at a
+k-means++ seed over coarse-layer renderings (perceptual distance). The transformer starts at the
+identity (zero-initialised heads), so at step 0 it returns its input.
+
+Data parallelism: ``torchrun --nproc_per_node P gangealing train ...`` (NCCL on GPUs, gloo on
+CPUs). Each process renders its own samples (its own RNG stream); after the accumulation passes
+the gradients are averaged over processes in one all-reduce (what DDP does with ``no_sync``), so
+every process applies the same update and the weights stay equal.
+
+The run folder (:class:`gangealing.train.runtime.RunDir`): ``config.json``, ``checkpoints/last.pt`` and
+``checkpoints/NNNNNNN.pt`` (each a gangealing model checkpoint, loadable with
+:func:`gangealing.build.load_model`, plus a ``train_state`` entry with the non-EMA transformer,
+the optimisers, the schedulers and the RNG, for resuming), ``metrics.jsonl`` (+ TensorBoard),
+``visuals/`` (PNG grids), ``metrics.png`` and, at the end, ``model.pt`` (the model alone).
+Running the same command again resumes from ``checkpoints/last.pt``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from gangealing.build import build, build_from_checkpoint, load_state_strict, make_checkpoint
+from gangealing.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gangealing.config import STNConfig, TargetConfig
+from gangealing.models.pca import fit_pca, sample_w
+from gangealing.models.target import kmeans_candidate_wplus, kmeans_plusplus_targets
+
+from .objective import congealing_step, make_resize
+from .presets import GANgealingTrainConfig
+from .runtime import (DistInfo, MetricsLogger, RunDir, all_reduce_dict, all_reduce_mean, broadcast_module,
+                      ema_update, init_distributed, progress, read_metrics)
+from .schedules import DecayingCosineRestarts, anneal_psi, lr_cycle_iters
+
+__all__ = [
+    "TRAIN_STATE_KEY",
+    "TrainResult",
+    "GANgealingTrainer",
+    "load_generator",
+    "build_transformer",
+    "init_target",
+    "sync_gradients",
+    "plot_metrics",
+    "train_gangealing",
+]
+
+TRAIN_STATE_KEY = "train_state"  # extra top-level entry of a checkpoint file that makes it resumable
+
+
+def load_generator(path: Union[str, Path], device: Union[str, torch.device, None] = None) -> nn.Module:
+    """A frozen, eval-mode generator from our generator or model checkpoints, or any file
+    :func:`gangealing.io.import_checkpoint` understands (rosinality ``g_ema``, original GANgealing, ...)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError:
+        from gangealing.io import import_checkpoint
+
+        ckpt, _ = import_checkpoint(path)
+    if "generator" not in ckpt.config:
+        raise CheckpointError(f"{path}: this {ckpt.kind} checkpoint holds no generator")
+    g = build_from_checkpoint(ckpt, "generator", device)
+    for p in g.parameters():
+        p.requires_grad_(False)
+    return g
+
+
+def build_transformer(cfg: GANgealingTrainConfig, image_channels: int = 3) -> nn.Module:
+    """The spatial transformer that ``cfg`` describes (identity at initialisation)."""
+    return build("stn", STNConfig(transforms=tuple(cfg.transforms), flow_size=cfg.flow_size, input_size=cfg.input_size,
+                                  channel_multiplier=cfg.stn_channel_multiplier, max_channels=cfg.stn_max_channels,
+                                  num_heads=cfg.num_heads, image_channels=image_channels))
+
+
+@torch.no_grad()
+def init_target(target: nn.Module, generator: nn.Module, cfg: GANgealingTrainConfig, rng: torch.Generator,
+                loss_fn: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+                resize: Optional[Callable[[Tensor], Tensor]] = None, batch: int = 100) -> Dict[str, Any]:
+    """PCA of W (``cfg.pca_samples`` samples) into ``target``'s directions, ``c`` at the mean; with
+    K > 1 heads, each head at a k-means++ seed among ``cfg.kmeans_candidates`` latents rendered
+    with their coarse rows (rows after ``inject`` from the mean W) and compared with ``loss_fn``
+    at the transformer's resolution (``resize``). Returns a summary (explained variance, seeds)."""
+    d = generator.style_dim
+    w = sample_w(generator.mapping, cfg.pca_samples, d, batch=10_000, generator=rng)  # (M, D)
+    n_comp = min(cfg.num_directions, d)
+    pca = fit_pca(w, n_comp)
+    target.init_from_pca(pca)
+    info: Dict[str, Any] = {"pca_samples": int(w.shape[0]),
+                            "explained_variance": [float(v) for v in pca.explained_variance[:8]]}
+    if target.cfg.num_heads > 1:
+        if loss_fn is None:
+            raise ValueError("k-means++ initialisation of several heads needs the perceptual loss")
+        resize = resize if resize is not None else (lambda x: x)
+        mean_w = w.mean(dim=0, keepdim=True)  # (1, D)
+        latents = sample_w(generator.mapping, cfg.kmeans_candidates, d, batch=10_000, generator=rng)  # (M, D)
+        feats = []
+        for chunk in latents.split(batch):
+            wp = kmeans_candidate_wplus(chunk, target.cfg.inject, generator.n_latent, mean_w)  # (B, L, D)
+            img = resize(generator.synthesis(wp, noise="random", generator=rng))  # (B, C, S, S)
+            # float16 on the CPU: 50k paper-size candidates would not fit in memory otherwise.
+            feats.append(img.to("cpu", torch.float16))
+        features = torch.cat(feats)  # (M, C, S, S)
+        dev = latents.device
+
+        def dist(a: Tensor, b: Tensor) -> Tensor:
+            return loss_fn(a.to(dev, torch.float32), b.to(dev, torch.float32)).reshape(-1)  # (B,)
+
+        seeds = kmeans_plusplus_targets(latents, features, target.cfg.num_heads, dist, rng, pca, batch_size=batch)
+        target.init_from_latents(seeds.latents, pca)
+        info["kmeans_seeds"] = seeds.indices.tolist()
+    return info
+
+
+def sync_gradients(params: List[nn.Parameter]) -> None:
+    """Average gradients over processes with one all-reduce (no-op for one process)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or not torch.distributed.is_initialized() or torch.distributed.get_world_size() < 2:
+        return
+    flat = all_reduce_mean(torch.cat([g.reshape(-1) for g in grads])).to(grads[0].device)  # (P,)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def plot_metrics(metrics_path: Union[str, Path], out_png: Union[str, Path],
+                 groups: Optional[Dict[str, List[str]]] = None) -> Optional[Path]:
+    """Plot the logged loss terms, psi and learning rates against the step (matplotlib, lazily
+    imported; returns None without it or without data)."""
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    groups = groups or {"loss terms": ["perceptual", "tv", "identity"], "total loss": ["total"],
+                        "psi": ["psi"], "learning rates": ["lr_stn", "lr_target"]}
+    groups = {k: [n for n in v if any(n in r for r in rows)] for k, v in groups.items()}
+    groups = {k: v for k, v in groups.items() if v}
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
+    for ax, (title, names) in zip(axes[0], groups.items()):
+        for n in names:
+            pts = [(r["step"], r[n]) for r in rows if isinstance(r.get(n), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), label=n)
+        if title == "loss terms":
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or stopped) run produced."""
+
+    run_dir: Path
+    step: int
+    model_path: Optional[Path]  # model.pt, written when the last step was reached
+    losses: Dict[str, float]  # the last logged values
+    wall_time_s: float
+
+
+class GANgealingTrainer:
+    """Trains a transformer and a congealing target against a frozen generator (see the module docstring)."""
+
+    def __init__(self, cfg: GANgealingTrainConfig, generator: nn.Module, out: Union[str, Path], *,
+                 dist: Optional[DistInfo] = None, loss_fn: Optional[nn.Module] = None, real: Optional[Tensor] = None,
+                 tensorboard: bool = True, show_progress: bool = True, generator_source: str = ""):
+        self.cfg = cfg.validate()
+        self.dist = dist or DistInfo()
+        self.device = self.dist.device
+        self.generator = generator.to(self.device).eval()
+        for p in self.generator.parameters():
+            p.requires_grad_(False)
+        self.generator_source = generator_source
+        self.accumulation = cfg.accumulation(self.dist.world_size)
+        self.run = RunDir(out, keep=2, is_primary=self.dist.is_primary)
+        self.show_progress = show_progress
+        self.tensorboard = tensorboard
+        self.real = real  # (M, C, S, S) in [-1, 1] at input_size, for visuals only (CPU)
+
+        if loss_fn is None:
+            from gangealing.losses.perceptual import build_perceptual_loss
+
+            loss_fn = build_perceptual_loss(cfg.loss)
+        self.loss_fn = loss_fn.to(self.device).eval()
+        self.resize = make_resize(generator.size, cfg.flow_size).to(self.device)
+
+        # Same seed on every process for the models; a per-process stream for the samples.
+        torch.manual_seed(cfg.seed)
+        self.stn = build_transformer(cfg).to(self.device).train()
+        self.stn_ema = copy.deepcopy(self.stn).eval()
+        for p in self.stn_ema.parameters():
+            p.requires_grad_(False)
+        self.target = build("target", TargetConfig(style_dim=generator.style_dim, n_latent=generator.n_latent,
+                                                   num_directions=min(cfg.num_directions, generator.style_dim),
+                                                   inject=cfg.inject, num_heads=cfg.num_heads)).to(self.device)
+        self.t_optim = torch.optim.Adam(self.stn.parameters(), lr=cfg.stn_lr, betas=(0.9, 0.999), eps=1e-8)
+        self.ll_optim = torch.optim.Adam(self.target.parameters(), lr=cfg.target_lr, betas=(0.9, 0.999), eps=1e-8)
+        self.t_sched = DecayingCosineRestarts(self.t_optim, t0=1, t_mult=cfg.t_mult, decay=cfg.decay)
+        self.ll_sched = DecayingCosineRestarts(self.ll_optim, t0=1, t_mult=cfg.t_mult, decay=cfg.decay)
+        self.rng = torch.Generator(device=self.device)
+        self.rng.manual_seed(cfg.seed * self.dist.world_size + self.dist.rank)
+        self.step = 0
+        self.init_info: Dict[str, Any] = {}
+        self.last_losses: Dict[str, float] = {}
+
+        resume = self.run.latest_checkpoint()
+        if resume is not None:
+            self._resume(resume)
+        else:
+            init_rng = torch.Generator(device=self.device)
+            init_rng.manual_seed(cfg.seed)  # identical on every process
+            self.init_info = init_target(self.target, self.generator, cfg, init_rng, self.loss_fn, self.resize)
+            broadcast_module(self.target)
+            broadcast_module(self.stn)
+            self.stn_ema.load_state_dict(self.stn.state_dict())
+            self.run.save_config({"train": dataclasses.asdict(cfg), "generator": self.generator.cfg.to_dict(),
+                                  "generator_source": generator_source, "world_size": self.dist.world_size,
+                                  "accumulation": self.accumulation, "init": self.init_info})
+        # Fixed samples for the visuals (same on every process; only the primary draws them).
+        vis_rng = torch.Generator(device=self.device)
+        vis_rng.manual_seed(cfg.seed + 12345)
+        per = max(1, cfg.n_sample // cfg.num_heads)
+        self.vis_z = generator.sample_z(per, generator=vis_rng)  # (V, D)
+
+    # ------------------------------------------------------------------ checkpoints
+    def model_checkpoint(self):
+        """The current model (EMA transformer) as a gangealing 'model' :class:`Checkpoint`."""
+        cfg = self.cfg
+        meta = {"source": "gangealing train", "generator_source": self.generator_source,
+                "test": {"iters": 1, "padding_mode": cfg.padding_mode, "flip": bool(cfg.flips and cfg.num_heads == 1)},
+                "train": dataclasses.asdict(cfg), "flips": bool(cfg.flips)}
+        return make_checkpoint("model", {"generator": self.generator, "stn": self.stn_ema, "target": self.target},
+                               step=self.step, meta=meta)
+
+    def save(self) -> Optional[Path]:
+        """Write ``checkpoints/last.pt`` and ``checkpoints/NNNNNNN.pt`` (primary only), atomically."""
+        if not self.dist.is_primary:
+            return None
+        d = self.model_checkpoint().to_dict()
+        d[TRAIN_STATE_KEY] = {
+            "step": self.step,
+            "stn": {k: v.detach().cpu() for k, v in self.stn.state_dict().items()},
+            "t_optim": self.t_optim.state_dict(),
+            "ll_optim": self.ll_optim.state_dict(),
+            "t_sched": self.t_sched.state_dict(),
+            "ll_sched": self.ll_sched.state_dict(),
+            "rng": self.rng.get_state(),
+            "world_size": self.dist.world_size,
+        }
+        return self.run.save_checkpoint(d, self.step)
+
+    def _resume(self, path: Path) -> None:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        if TRAIN_STATE_KEY not in raw:
+            raise CheckpointError(f"{path}: has no training state to resume from")
+        ts = raw[TRAIN_STATE_KEY]
+        ckpt = load_checkpoint(path)
+        load_state_strict(self.stn_ema, ckpt.state["stn"], "checkpoint transformer (EMA)")
+        load_state_strict(self.target, ckpt.state["target"], "checkpoint target")
+        load_state_strict(self.stn, ts["stn"], "checkpoint transformer")
+        self.t_optim.load_state_dict(ts["t_optim"])
+        self.ll_optim.load_state_dict(ts["ll_optim"])
+        self.t_sched.load_state_dict(ts["t_sched"])
+        self.ll_sched.load_state_dict(ts["ll_sched"])
+        self.step = int(ts["step"])
+        if self.dist.rank == 0 and ts.get("world_size", 1) == self.dist.world_size and self.device.type == "cpu":
+            self.rng.set_state(ts["rng"])
+        else:  # other processes (or another device): a fresh stream that still depends on the step
+            self.rng.manual_seed((self.cfg.seed * self.dist.world_size + self.dist.rank) * 1_000_003 + self.step)
+
+    # ------------------------------------------------------------------ training
+    def train_step(self) -> Dict[str, float]:
+        """One optimisation step (``accumulation`` forward/backward passes); returns its loss terms
+        (means over passes and processes) and the rates and psi used."""
+        cfg = self.cfg
+        step = self.step + 1
+        psi = anneal_psi(step, cfg.anneal_psi, cfg.anneal_fn)
+        self.t_optim.zero_grad(set_to_none=True)
+        self.ll_optim.zero_grad(set_to_none=True)
+        sums: Dict[str, Tensor] = {}
+        heads = torch.zeros(cfg.num_heads * (2 if cfg.flips else 1), device=self.device)
+        for _ in range(self.accumulation):
+            terms = congealing_step(self.generator, self.stn, self.target, self.loss_fn, psi, cfg.micro_batch,
+                                    self.resize, flips=cfg.flips, tv_weight=cfg.tv_weight,
+                                    identity_weight=cfg.identity_weight, sample_from_full_res=cfg.sample_from_full_res,
+                                    padding_mode=cfg.padding_mode, rng=self.rng)
+            (terms.total / self.accumulation).backward()
+            for name in ("total", "perceptual", "tv", "identity"):
+                sums[name] = sums.get(name, 0.0) + getattr(terms, name).detach() / self.accumulation
+            heads += torch.bincount(terms.assignment.index, minlength=heads.numel()).float()
+        sync_gradients([p for p in self.stn.parameters()] + [p for p in self.target.parameters()])
+        lrs = {"lr_stn": self.t_sched.get_last_lr()[0], "lr_target": self.ll_sched.get_last_lr()[0]}
+        self.t_optim.step()
+        if not cfg.freeze_target:
+            self.ll_optim.step()
+        if step > cfg.anneal_psi:  # the rates stay at their base until psi has reached 0
+            epoch = max(0.0, (step - cfg.anneal_psi) / cfg.period)
+            self.t_sched.step(epoch)
+            self.ll_sched.step(epoch)
+        ema_update(self.stn_ema, self.stn, cfg.ema_decay)
+        self.step = step
+        values = dict(sums)
+        if heads.numel() > 1:
+            share = heads / heads.sum()
+            for k in range(heads.numel()):
+                values[f"assign_{k}"] = share[k]
+        out = all_reduce_dict(values, device=self.device)
+        out.update(psi=psi, **lrs)
+        return out
+
+    def fit(self, max_steps: Optional[int] = None) -> TrainResult:
+        """Train to ``cfg.iters`` (or stop after ``max_steps`` more steps, e.g. to simulate a kill)."""
+        cfg = self.cfg
+        t0 = time.time()
+        logger = MetricsLogger(self.run.path / "metrics.jsonl", enabled=self.dist.is_primary,
+                               tensorboard=self.tensorboard)
+        cycle_ends = set(lr_cycle_iters(cfg.anneal_psi, cfg.period, cfg.iters, cfg.t_mult))
+        stop = cfg.iters if max_steps is None else min(cfg.iters, self.step + max_steps)
+        if self.step == 0:
+            self.visualize(logger)
+        bar = progress(cfg.iters, initial=self.step, desc="gangealing", enabled=self.dist.is_primary and self.show_progress)
+        try:
+            while self.step < stop:
+                values = self.train_step()
+                step = self.step
+                self.last_losses = values
+                bar.update(1)
+                bar.set_postfix_str(f"p {values['perceptual']:.4f} tv {values['tv']:.2e} id {values['identity']:.2e} "
+                                    f"psi {values['psi']:.3f}", refresh=False)
+                if step % cfg.log_every == 0 or step == 1 or step in cycle_ends or step == cfg.iters:
+                    logger.log(step, **values)
+                if step % cfg.vis_every == 0 or step in cycle_ends or step == cfg.iters:
+                    self.visualize(logger)
+                if step % cfg.ckpt_every == 0 or step in cycle_ends or step == stop:
+                    self.save()
+        finally:
+            bar.close()
+            logger.close()
+        model_path = None
+        if self.step >= cfg.iters and self.dist.is_primary:
+            model_path = save_checkpoint(self.model_checkpoint(), self.run.path / "model.pt")
+            plot_metrics(self.run.path / "metrics.jsonl", self.run.path / "metrics.png")
+        return TrainResult(self.run.path, self.step, model_path, dict(self.last_losses), time.time() - t0)
+
+    # ------------------------------------------------------------------ visuals
+    @torch.no_grad()
+    def visualize(self, logger: Optional[MetricsLogger] = None) -> Dict[str, Path]:
+        """Save the visual grids of the current step under ``visuals/`` (primary only)."""
+        if not self.dist.is_primary:
+            return {}
+        from gangealing.vis import make_grid, save_grid
+
+        cfg, g, k = self.cfg, self.generator, self.cfg.num_heads
+        step = self.step
+        psi = anneal_psi(max(step, 1), cfg.anneal_psi, cfg.anneal_fn) if step else 1.0
+        w = g.mapping(self.vis_z)  # (V, D)
+        inputs = g.synthesis(w, noise="const")  # (V, C, G, G)
+        stn_in = self.resize(inputs)  # (V, C, S, S)
+        targets = self.resize(g.synthesis(self.target(w, psi), noise="const"))  # (V K, C, S, S)
+        res = self.stn_ema(stn_in, padding_mode=cfg.padding_mode,
+                           source=inputs if cfg.sample_from_full_res else None)
+        c = self.target.target_latent()  # (K, D)
+        grids = {"inputs": (stn_in, None), "targets": (targets, k), "congealed": (res.images, k),
+                 "target": (self.resize(g.synthesis(c, noise="const")), None)}
+        if self.real is not None and len(self.real):
+            real = self.real[: cfg.n_sample].to(self.device)
+            rr = self.stn_ema(real, output_resolution=cfg.input_size, padding_mode=cfg.padding_mode)
+            grids["real"] = (real, None)
+            grids["real_congealed"] = (rr.images, k)
+            grids["real_average"] = (self.congealed_average(), None)
+        out = {}
+        for name, (images, nrow) in grids.items():
+            nrow = nrow if nrow and nrow > 1 else None
+            path = self.run.file("visuals", f"{step:07d}_{name}.png")
+            out[name] = save_grid(images.float().clamp(-1, 1).cpu(), path, nrow=nrow)
+            if logger is not None:
+                logger.log_image(step, f"visuals/{name}", make_grid(images.float().clamp(-1, 1).cpu(), nrow=nrow))
+        plot_metrics(self.run.path / "metrics.jsonl", self.run.path / "metrics.png")
+        return out
+
+    @torch.no_grad()
+    def congealed_average(self, batch: int = 100) -> Tensor:
+        """Average of the congealed real images (first ``n_mean``): (K, C, R, R), one per head."""
+        real = self.real[: self.cfg.n_mean]
+        total = None
+        for chunk in real.split(batch):
+            res = self.stn_ema(chunk.to(self.device), output_resolution=self.cfg.input_size,
+                               padding_mode=self.cfg.padding_mode)
+            imgs = res.images.unflatten(0, (chunk.shape[0], self.cfg.num_heads)).sum(0)  # (K, C, R, R)
+            total = imgs if total is None else total + imgs
+        return total / real.shape[0]
+
+
+def _load_real(source: str, size: int, split: str, limit: int) -> Tensor:
+    from gangealing.data import prepare_dataset
+
+    ds = prepare_dataset(source, size, split=split)
+    n = min(len(ds), limit)
+    return ds.tensor(slice(0, n))  # (n, C, S, S)
+
+
+def train_gangealing(cfg: GANgealingTrainConfig, generator_path: Union[str, Path], out: Union[str, Path], *,
+                     real: Optional[str] = None, real_split: str = "test", device: Optional[str] = None,
+                     max_steps: Optional[int] = None, tensorboard: bool = True,
+                     show_progress: bool = True) -> TrainResult:
+    """The whole ``gangealing train`` command: processes, generator, trainer, run. Resumes when
+    ``out`` holds a checkpoint."""
+    dist_info = init_distributed(device)
+    gen = load_generator(generator_path, dist_info.device)
+    real_images = _load_real(real, cfg.input_size, real_split, max(cfg.n_mean, cfg.n_sample)) if real else None
+    trainer = GANgealingTrainer(cfg, gen, out, dist=dist_info, real=real_images, tensorboard=tensorboard,
+                                show_progress=show_progress, generator_source=str(generator_path))
+    return trainer.fit(max_steps=max_steps)
