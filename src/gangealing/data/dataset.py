@@ -75,8 +75,8 @@ class PreparedDataset:
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
         a = self.images if index is None else self.images[index]
-        a = np.ascontiguousarray(a)
-        return torch.from_numpy(a).float().div(127.5).sub(1.0)
+        # np.array copies: the memory-mapped cache is read-only and torch wants writable memory.
+        return torch.from_numpy(np.array(a)).float().div(127.5).sub(1.0)
 
     def uint8(self) -> torch.Tensor:
         """All images as a uint8 tensor ``(N, C, S, S)`` (loads them into memory)."""
