@@ -1,0 +1,137 @@
+"""The Flask application: a static page (``static/``) and a small JSON API over a :class:`Workspace`.
+
+API (all JSON answers; errors are ``{"error": message}`` with a 4xx/5xx status, never a traceback):
+
+* ``GET  /api/info``: canvas size, limits, the model's frame, the demo set's id.
+* ``GET  /api/average.png``: the average congealed image (canvas x canvas).
+* ``POST /api/images`` (multipart, field ``images``, several files): a new set -> ``{"set", "images"}``.
+* ``GET  /api/sets/<set>``: the set's images (data URLs, names, sizes).
+* ``POST /api/propagate`` (multipart: ``set``, ``edit`` an RGBA PNG, optional ``opacity``):
+  ``{"images": [data URLs]}``, the edit composited onto each image.
+* ``POST /api/points`` (JSON ``{"set", "source": index | "average", "x", "y"}``): the point everywhere.
+"""
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+from .workspace import BadInput, Workspace, data_url, decode_image, edit_tensor, tensor_png
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(str(resources.files("gangealing.web").joinpath("static")))
+
+
+def _require_flask():
+    try:
+        import flask  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("the web page needs Flask: pip install 'gangealing[web]'") from None
+
+
+def create_app(workspace: Workspace, *, max_upload_bytes: int = 32 * 1024 * 1024):
+    """A Flask app serving the page and the API for ``workspace``."""
+    _require_flask()
+    from flask import Flask, jsonify, request, send_from_directory
+    from werkzeug.exceptions import HTTPException
+
+    app = Flask("gangealing.web", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = int(max_upload_bytes)  # larger requests get a 413
+    app.config["MAX_FORM_MEMORY_SIZE"] = int(max_upload_bytes)
+    app.json.sort_keys = False
+    ws = workspace
+
+    def error(message: str, status: int):
+        return jsonify(error=message), status
+
+    @app.errorhandler(BadInput)
+    def _bad_input(e):
+        return error(str(e), 400)
+
+    @app.errorhandler(HTTPException)
+    def _http(e):
+        if e.code == 413:
+            return error(f"upload too large (at most {max_upload_bytes // (1024 * 1024)} MiB per request)", 413)
+        return error(f"{e.name}: {e.description}", e.code or 500)
+
+    @app.errorhandler(Exception)
+    def _internal(e):
+        log.exception("request failed")  # the trace stays in the server's log
+        return error(f"internal error ({type(e).__name__}); see the server log", 500)
+
+    @app.get("/")
+    def index():
+        return send_from_directory(STATIC_DIR, "index.html")
+
+    @app.get("/static/<path:name>")
+    def static_file(name):
+        return send_from_directory(STATIC_DIR, name)
+
+    @app.get("/api/info")
+    def info():
+        c = ws.congealer
+        return jsonify(canvas=ws.canvas, frame=ws.frame_size, clusters=c.num_clusters, cluster=ws.cluster,
+                       demo="demo" if _has_set("demo") else None, max_images=ws.limits.max_images,
+                       max_side=ws.limits.max_side, max_upload_mib=max_upload_bytes // (1024 * 1024))
+
+    def _has_set(key):
+        try:
+            ws.get_set(key)
+            return True
+        except BadInput:
+            return False
+
+    @app.get("/api/average.png")
+    def average():
+        return app.response_class(ws.average_png, mimetype="image/png")
+
+    def describe(key: str):
+        s = ws.get_set(key)
+        return [dict(name=n, width=int(im.shape[-1]), height=int(im.shape[-2]), url=data_url(png))
+                for n, im, png in zip(s.names, s.images, ws.originals(key))]
+
+    @app.post("/api/images")
+    def upload():
+        files = request.files.getlist("images")
+        if len(files) > ws.limits.max_images:
+            raise BadInput(f"too many images: {len(files)} (at most {ws.limits.max_images})")
+        key = ws.add_set([(f.filename or f"image_{i}", f.read()) for i, f in enumerate(files) if f])
+        return jsonify(set=key, images=describe(key))
+
+    @app.get("/api/sets/<key>")
+    def get_set(key):
+        return jsonify(set=key, images=describe(key))
+
+    @app.post("/api/propagate")
+    def propagate():
+        key = request.form.get("set", "")
+        ws.get_set(key)  # an unknown set fails before the edit is decoded
+        f = request.files.get("edit")
+        if f is None:
+            raise BadInput("no edit received (field 'edit': an RGBA PNG)")
+        try:
+            opacity = float(request.form.get("opacity", 1.0))
+        except ValueError:
+            raise BadInput("opacity must be a number in [0, 1]") from None
+        if not 0.0 <= opacity <= 1.0:
+            raise BadInput("opacity must be a number in [0, 1]")
+        rgba = decode_image(f.read(), "edit", "RGBA", ws.limits)
+        out = ws.propagate(key, edit_tensor(rgba, ws.canvas), opacity=opacity)
+        return jsonify(images=[data_url(tensor_png(im)) for im in out])
+
+    @app.post("/api/points")
+    def points():
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise BadInput('expected JSON {"set", "source", "x", "y"}')
+        try:
+            x, y = float(body["x"]), float(body["y"])
+            source = body["source"]
+            if source != "average":
+                source = int(source)
+        except (KeyError, TypeError, ValueError):
+            raise BadInput('expected JSON {"set", "source": image index or "average", "x", "y"}') from None
+        return jsonify(ws.points(str(body.get("set", "")), source, x, y))
+
+    return app
