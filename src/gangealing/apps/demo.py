@@ -1,0 +1,302 @@
+"""`gangealing demo`: what GANgealing does, on the committed models and held-out real images, as one HTML report.
+
+For every committed animal model (:data:`gangealing.apps.bench.MODELS`) the report shows, on the
+``animals`` test split (never seen in training): the inputs, the congealed images, the average
+before and after alignment, an edit drawn once on the average congealed image and carried to every
+image (:meth:`gangealing.predictor.Congealer.propagate`), dense correspondences drawn as colours
+(a colour-coded congealed frame carried to every image) and, for a clustering model, the images
+grouped by the cluster the classifier routes them to. It ends with the benchmark numbers
+(BENCHMARKS.md when present, else a quick mask-transfer subset measured on the spot).
+
+:func:`run_from_scratch` runs the whole pipeline (``train-gan``, then ``train``) on an embedded
+dataset within a time budget and reports the quality reached.
+"""
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from .bench import MODELS, available_models, congealer_mask_transfer, mask_iou, random_pairs
+
+__all__ = ["DemoResult", "make_hat_edit", "correspondence_colours", "run_demo", "FromScratchResult", "run_from_scratch"]
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Where the report went, which models it used and which were missing."""
+
+    index: Path
+    images: Tuple[Path, ...]
+    models: Tuple[str, ...]
+    missing: Tuple[str, ...]
+    seconds: float
+    numbers: Dict[str, Any] = field(default_factory=dict)
+
+
+def make_hat_edit(average: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """An RGBA "hat" ``(4, R, R)`` (RGB in [-1, 1], alpha in [0, 1]) sitting on top of the silhouette in ``average``.
+
+    ``average`` ``(C, R, R)`` in [-1, 1]: the average congealed image; its foreground is where the
+    mean exceeds ``threshold``. The hat is a red triangle whose base rests on the topmost
+    foreground row, centred on the foreground's horizontal centre, with a yellow band at its base.
+    """
+    r = average.size(-1)
+    fg = average.mean(0) > threshold  # (R, R)
+    if not fg.any():
+        fg = average.mean(0) >= average.mean()
+    ys, xs = torch.nonzero(fg, as_tuple=True)
+    top, cx = int(ys.min()), float(xs.float().mean())
+    height, half = max(3.0, 0.22 * r), max(2.0, 0.14 * r)
+    base = top + 0.06 * r  # slightly into the head, so the hat sits on it
+    yy, xx = torch.meshgrid(torch.arange(r, dtype=torch.float32), torch.arange(r, dtype=torch.float32), indexing="ij")
+    t = (base - yy) / height  # 0 at the base, 1 at the tip
+    inside = (t >= 0) & (t <= 1) & ((xx - cx).abs() <= half * (1 - t))
+    band = inside & (t <= 0.18)
+    rgba = torch.zeros(4, r, r)
+    rgba[0], rgba[1], rgba[2] = 0.9, -0.8, -0.7  # red
+    rgba[1][band], rgba[2][band] = 0.9, -0.9  # yellow band
+    rgba[3] = inside.float()
+    return rgba
+
+
+def correspondence_colours(size: int) -> torch.Tensor:
+    """A colour code of the congealed frame ``(3, R, R)`` in [-1, 1]: red along x, green along y, blue the rest."""
+    ramp = torch.linspace(0, 1, size)
+    x, y = ramp.view(1, -1).expand(size, size), ramp.view(-1, 1).expand(size, size)
+    rgb = torch.stack([x, y, 1 - 0.5 * (x + y)])  # (3, R, R) in [0, 1]
+    return rgb * 2 - 1
+
+
+def _save(images: torch.Tensor, path: Path, nrow: Optional[int] = None) -> Path:
+    from ..vis import save_grid
+
+    return save_grid(images.clamp(-1, 1).cpu(), path, nrow=nrow)
+
+
+def _upscale(images: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+
+
+def _benchmark_section(root_candidates: Sequence[Path], congealers: Dict[str, Any], images, masks, seed: int) -> Tuple[str, Dict[str, Any]]:
+    """BENCHMARKS.md as preformatted text when it exists; else a quick mask-transfer subset."""
+    for r in root_candidates:
+        p = r / "BENCHMARKS.md"
+        if p.is_file():
+            return (f"<p>From <code>{html.escape(str(p))}</code> (measured by <code>gangealing bench</code>):</p>"
+                    f"<pre>{html.escape(p.read_text())}</pre>"), {"source": str(p)}
+    pairs = random_pairs([0] * len(images), 200, seed)
+    a, b = pairs[:, 0], pairs[:, 1]
+    numbers = {"pairs": 200, "no alignment": float(mask_iou(masks[a], masks[b]).mean())}
+    for name, c in congealers.items():
+        numbers[MODELS[name].label] = float(mask_iou(congealer_mask_transfer(c, images, masks, pairs), masks[b]).mean())
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in numbers.items() if k != "pairs")
+    return ("<p>Quick subset measured now (BENCHMARKS.md not found): mask-transfer IoU on 200 random pairs of "
+            "held-out cat silhouettes (see <code>gangealing bench</code> for the full benchmark).</p>"
+            f"<table><tr><th>method</th><th>mean IoU</th></tr>{rows}</table>"), numbers
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}img{image-rendering:pixelated;"
+        "max-width:100%;border:1px solid #ccc}figure{display:inline-block;margin:.5em;vertical-align:top}"
+        "figcaption{font-size:90%;color:#444}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+        "pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:85%}")
+
+
+def run_demo(out: Union[str, Path] = "gangealing-demo", *, num_images: int = 24, display: int = 112,
+             models: Optional[Sequence[str]] = None, root: Optional[Union[str, Path]] = None,
+             device: str = "cpu", seed: int = 0, progress: bool = True) -> DemoResult:
+    """Write the demo report into ``out`` (index.html + PNGs); see the module docstring.
+
+    ``num_images`` held-out cat silhouettes are shown (upscaled to ``display`` px for the
+    pictures; the models see the originals' pixels through their input frame).
+    """
+    from tqdm import tqdm
+
+    from ..data.embedded import load_embedded
+    from ..data.images import to_tensor
+    from ..predictor import Congealer
+
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in (models or MODELS) if MODELS[n].dataset == "animals" and not MODELS[n].ablation]
+    found, missing = available_models(names, root)
+    if not found:
+        raise FileNotFoundError(f"none of the demo models is here ({', '.join(MODELS[n].path for n in names)}); "
+                                "run the demo from the repository root, or use --from-scratch")
+    data = load_embedded("animals:cat", "test")
+    all_images = to_tensor(data.images).expand(-1, 3, -1, -1).contiguous()  # (100, 3, 28, 28)
+    all_masks = torch.from_numpy(data.images[..., 0] >= 128)
+    images = all_images[:num_images]
+    big = _upscale(images, display)  # (N, 3, D, D): the same images, for sharp pictures
+    written: List[Path] = []
+    sections: List[str] = []
+    congealers: Dict[str, Congealer] = {}
+    bar = tqdm(total=len(found) * 5 + 1, desc="demo", disable=not progress)
+
+    def fig(img: torch.Tensor, fname: str, caption: str, nrow: Optional[int] = None) -> str:
+        p = _save(img, out / fname, nrow)
+        written.append(p)
+        return f'<figure><img src="{html.escape(fname)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+
+    try:
+        parts = [fig(big, "inputs.png", f"{num_images} held-out cat silhouettes (animals test split)", 8),
+                 fig(big.mean(0, keepdim=True), "average_unaligned.png", "their average, unaligned")]
+        sections.append("<h2>Inputs</h2>" + "".join(parts))
+        for name, path in found.items():
+            c = Congealer.from_checkpoint(path, device=device)
+            congealers[name] = c
+            label = MODELS[name].label
+            res = c.align(big, output_resolution=display)
+            bar.update(1)
+            avg = c.average(all_images, output_resolution=display)  # (C, D, D) or (K, C, D, D)
+            avg_all = res.images.mean(0, keepdim=True)
+            parts = [fig(res.images, f"{name}_congealed.png", "congealed images", 8),
+                     fig(avg_all, f"{name}_average_congealed.png", "average after alignment")]
+            bar.update(1)
+            # An edit drawn once on the average congealed image, carried to every image.
+            avg_img = avg_all[0]
+            hat = make_hat_edit(avg_img)
+            prop = c.propagate(big, hat)
+            shown = torch.where(hat[3:].bool(), hat[:3], avg_img)
+            parts.append(fig(shown.unsqueeze(0), f"{name}_edit_template.png", "edit drawn once on the average"))
+            parts.append(fig(prop.images, f"{name}_edit_propagated.png", "the edit carried to every image", 8))
+            bar.update(1)
+            # Dense correspondences: colour-code the congealed frame and carry it to every image.
+            colours = correspondence_colours(display)
+            code = torch.cat([colours, torch.ones(1, display, display)])  # opaque RGBA
+            carried = c.propagate(big, code)
+            fg = ((big.mean(1, keepdim=True) + 1) / 2).clamp(0, 1)  # foreground weight (N, 1, D, D)
+            coloured = fg * carried.images + (1 - fg) * big
+            frame_fg = ((avg_img.mean(0, keepdim=True) + 1) / 2).clamp(0, 1)
+            parts.append(fig((frame_fg * colours + (1 - frame_fg) * avg_img).unsqueeze(0),
+                             f"{name}_correspondence_template.png", "colour code of the congealed frame"))
+            parts.append(fig(coloured, f"{name}_correspondences.png",
+                             "dense correspondences: the same colour marks the same congealed position", 8))
+            if len(congealers) == 1:  # the first model also gives the one-picture summary (README picture)
+                k = min(7, num_images)
+                tmpl = (frame_fg * colours + (1 - frame_fg) * avg_img).unsqueeze(0)
+                summary = torch.cat([big[:1] * 0 + avg_all, big[:k], shown.unsqueeze(0), prop.images[:k],
+                                     tmpl, coloured[:k]])
+                parts.insert(0, fig(summary, "summary.png", "summary: average; inputs / the edit drawn once, "
+                                                            "carried to every image / dense correspondences", k + 1))
+            bar.update(1)
+            if c.num_clusters > 1:
+                cl = res.cluster.cpu()
+                for k in range(c.num_clusters):
+                    sel = torch.nonzero(cl == k).flatten()
+                    if sel.numel() == 0:
+                        parts.append(f"<p>cluster {k}: no image routed here</p>")
+                        continue
+                    parts.append(fig(big[sel], f"{name}_cluster{k}_inputs.png", f"cluster {k}: {sel.numel()} inputs", 8))
+                    parts.append(fig(res.images[sel], f"{name}_cluster{k}_congealed.png", f"cluster {k}: congealed", 8))
+                    parts.append(fig(avg[k:k + 1], f"{name}_cluster{k}_average.png",
+                                     f"cluster {k}: average of all test images routed here"))
+            bar.update(1)
+            flips = int(res.flipped.sum())
+            sections.append(f"<h2>{html.escape(label)} <small>(<code>{html.escape(str(path))}</code>)</small></h2>"
+                            f"<p>{c.num_clusters} cluster(s); {flips} of {num_images} images aligned through their mirror.</p>"
+                            + "".join(parts))
+        roots = [Path(root)] if root is not None else [Path.cwd(), Path(__file__).resolve().parents[3]]
+        bench_html, numbers = _benchmark_section(roots, congealers, all_images, all_masks, seed)
+        sections.append("<h2>Benchmark</h2>" + bench_html)
+        bar.update(1)
+    finally:
+        bar.close()
+    if missing:
+        sections.append("<p>Models not found (skipped): " + ", ".join(html.escape(MODELS[n].path) for n in missing) + "</p>")
+    seconds = time.time() - t0
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>gangealing demo</title><style>{_CSS}</style></head>"
+            "<body><h1>GANgealing demo</h1><p>Joint alignment of held-out real images with models trained only on "
+            "GAN samples (GAN-Supervised Dense Visual Alignment, Peebles et al., CVPR 2022).</p>"
+            + "".join(sections) + f"<p><small>Made by <code>gangealing demo</code> in {seconds:.0f} s.</small></p></body></html>")
+    index = out / "index.html"
+    index.write_text(page)
+    return DemoResult(index, tuple(written), tuple(found), tuple(missing), seconds, numbers)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole pipeline from scratch
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FromScratchResult:
+    """What a from-scratch run reached: GAN steps and Fréchet distance, GANgealing steps, alignment IoU."""
+
+    out: Path
+    gan_steps: int
+    gan_seconds: float
+    fd: float
+    gangealing_steps: int
+    gangealing_seconds: float
+    iou_unaligned: float
+    iou_congealed: float
+    model: Optional[Path]
+    report: Path
+
+
+def run_from_scratch(out: Union[str, Path], *, minutes: float = 10.0, data: str = "animals:cat", device: str = "cpu",
+                     fd_samples: int = 500, pairs: int = 500, seed: int = 0, progress: bool = True) -> FromScratchResult:
+    """Train a tiny GAN, then tiny GANgealing, on ``data`` within about ``minutes``, then measure them.
+
+    The budget is split 55% GAN (``train-gan --max-seconds``), 30% GANgealing (steps estimated from
+    a timed first step) and the rest for evaluation: the Fréchet distance (:mod:`gangealing.metrics.fid`)
+    of ``fd_samples`` samples against the training images, and the mask-transfer IoU of ``pairs``
+    random same-class test pairs (animal data) before and after alignment.
+    """
+    from ..predictor import Congealer
+    from ..train.gan import evaluate_gan, export_generator, resolve_config, train_gan
+    from ..train.gangealing import train_gangealing
+    from ..train.presets import get_preset
+
+    out = Path(out)
+    budget = max(1.0, minutes * 60.0)
+    t0 = time.time()
+    gan_cfg = resolve_config("tiny", data=data, iters=1_000_000, sample_every=10 ** 9, ckpt_every=10 ** 9,
+                             log_every=10, seed=seed)
+    gan = train_gan(gan_cfg, out / "gan", device=device, show_progress=progress, max_seconds=0.55 * budget)
+    gen_path = export_generator(out / "gan", out / "generator.pt")
+    gan_s = time.time() - t0
+    fd = evaluate_gan(out / "gan", n_fake=fd_samples, n_real=fd_samples, device=device).fd
+
+    # GANgealing: time one step, then run as many as fit (at least 2, the psi annealing shortened to match).
+    t1 = time.time()
+    small = dict(pca_samples=5000, kmeans_candidates=200, n_mean=100, n_sample=16, vis_every=10 ** 9, ckpt_every=10 ** 9,
+                 log_every=1, seed=seed)
+    probe = get_preset("tiny", iters=1, anneal_psi=1, period=1, **small)
+    train_gangealing(probe, gen_path, out / "probe", device=device, tensorboard=False, show_progress=False)
+    step_s = max(0.05, time.time() - t1)
+    left = 0.30 * budget - (time.time() - t1)
+    steps = max(2, int(left / step_s))
+    cfg = get_preset("tiny", iters=steps, anneal_psi=max(1, steps // 4), period=max(1, steps // 4), **small)
+    t2 = time.time()
+    gg = train_gangealing(cfg, gen_path, out / "gangealing", device=device, tensorboard=False, show_progress=progress)
+    gg_s = time.time() - t2
+
+    iou_u = iou_c = float("nan")
+    if gg.model_path is not None and data.startswith("animals"):
+        from ..data.embedded import load_embedded
+        from ..data.images import to_tensor
+
+        d = load_embedded(data, "test")
+        images = to_tensor(d.images).expand(-1, 3, -1, -1).contiguous()
+        masks = torch.from_numpy(d.images[..., 0] >= 128)
+        pr = random_pairs(d.labels, pairs, seed)
+        c = Congealer.from_checkpoint(gg.model_path, device=device)
+        iou_u = float(mask_iou(masks[pr[:, 0]], masks[pr[:, 1]]).mean())
+        iou_c = float(mask_iou(congealer_mask_transfer(c, images, masks, pr), masks[pr[:, 1]]).mean())
+    res = FromScratchResult(out=out, gan_steps=int(gan.step), gan_seconds=round(gan_s, 1), fd=float(fd),
+                            gangealing_steps=int(gg.step), gangealing_seconds=round(gg_s, 1),
+                            iou_unaligned=iou_u, iou_congealed=iou_c, model=gg.model_path,
+                            report=out / "from_scratch.json")
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
+    summary.update(data=data, minutes=minutes, wall_seconds=round(time.time() - t0, 1))
+    res.report.write_text(json.dumps(summary, indent=1) + "\n")
+    return res

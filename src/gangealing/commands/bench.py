@@ -1,0 +1,63 @@
+"""`gangealing bench`: alignment quality with real ground truth on held-out real images, and speed."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from ._common import Formatter
+
+ORDER = 95
+
+EPILOG = """examples:
+  gangealing bench --out bench/                       # every committed model that exists
+  gangealing bench --out bench/ --models gangealing-tiny-cat --pairs 200 --no-classic
+
+outputs: OUT/results.json and OUT/results.md; see docs/benchmarks.md and BENCHMARKS.md
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ..apps.bench import MODELS, BenchConfig
+
+    d = BenchConfig()
+    p = sub.add_parser("bench", help="benchmark: mask-transfer IoU, MNIST PCK under known perturbations, "
+                                     "clustering accuracy, throughput",
+                       formatter_class=Formatter, epilog=EPILOG,
+                       description="Measure the committed models (and the no-alignment and classic-congealing "
+                                   "baselines) on held-out real images with real ground truth. Models whose files "
+                                   "are missing are skipped and listed.")
+    p.add_argument("--out", default="bench", help="folder for results.json and results.md")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None, help="registry models (default: all)")
+    p.add_argument("--model-path", nargs="+", default=[], metavar="NAME=FILE",
+                   help="use FILE for registry model NAME (e.g. a run's model.pt before it is copied under models/)")
+    p.add_argument("--pairs", type=int, default=d.pairs, help="random same-class mask-transfer pairs per class")
+    p.add_argument("--classes", nargs="+", default=list(d.animal_classes), help="animal classes for mask transfer")
+    p.add_argument("--digits", type=int, default=d.mnist_digits, help="MNIST test digits for PCK")
+    p.add_argument("--canvas", type=int, default=d.canvas, help="side of the MNIST perturbation canvas (px)")
+    p.add_argument("--cluster-images", type=int, default=d.cluster_images, help="MNIST test images routed for clustering accuracy")
+    p.add_argument("--throughput-images", type=int, default=d.throughput_images, help="images timed per model")
+    p.add_argument("--no-classic", action="store_true", help="skip the classic-congealing baseline (slow)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of pairs, perturbations and points")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..apps.bench import BenchConfig, run_bench, to_markdown, write_results
+
+    cfg = BenchConfig(pairs=args.pairs, animal_classes=tuple(args.classes), mnist_digits=args.digits, canvas=args.canvas,
+                      cluster_images=args.cluster_images, throughput_images=args.throughput_images,
+                      classic=not args.no_classic, seed=args.seed)
+    paths = dict(item.split("=", 1) for item in args.model_path)
+    res = run_bench(cfg, args.models, device=args.device, progress=not args.no_progress, paths=paths)
+    # The command line as typed when run from a shell; in-process calls (tests) record the output folder only.
+    if len(sys.argv) > 1 and sys.argv[1] == "bench":
+        command = "gangealing bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    else:
+        command = f"gangealing bench --out {shlex.quote(str(args.out))}"
+    js, md = write_results(res, args.out, command)
+    print(to_markdown(res))
+    print(f"results: {js} {md}")
+    return 0

@@ -1,0 +1,162 @@
+"""gangealing.apps.bench: exact answers on tiny inputs, and the command end to end."""
+import numpy as np
+import pytest
+import torch
+
+from gangealing.apps import bench as B
+from gangealing.geometry.coords import identity_grid
+
+
+class _Res:
+    def __init__(self, grid, cluster=None):
+        self.grid, self.cluster = grid, cluster
+
+
+class GridCongealer:
+    """A stand-in model whose congealing grid of image i is ``grids[i]`` (upsampled to the requested resolution)."""
+
+    num_clusters = 1
+
+    def __init__(self, grids, images):
+        self.grids, self.images = grids, images
+
+    def align(self, images, output_resolution=None, cluster=None):
+        idx = [int((self.images == im).flatten(1).all(1).nonzero()[0]) for im in images]
+        g = self.grids[idx].permute(0, 3, 1, 2)
+        r = output_resolution or g.size(-1)
+        g = torch.nn.functional.interpolate(g, size=(r, r), mode="bilinear", align_corners=False)
+        return _Res(g.permute(0, 2, 3, 1))
+
+
+def _blobs(n=4, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.rand(n, size, size, generator=g) > 0.6
+    images = masks.float().mul(2).sub(1).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    return images, masks
+
+
+@pytest.mark.parametrize("resolution", [16, 32, 64])
+def test_identity_model_identical_pairs_iou_one(resolution):
+    images, masks = _blobs()
+    c = GridCongealer(identity_grid(16, 4), images)
+    pairs = torch.tensor([[0, 0], [1, 1], [3, 3]])
+    out = B.congealer_mask_transfer(c, images, masks, pairs, resolution=resolution)
+    assert torch.equal(out, masks[pairs[:, 1]])
+    assert B.mask_iou(out, masks[pairs[:, 1]]).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_known_shift_is_undone_exactly():
+    # B is A moved 3 px right; B's grid reads B 3 px right of A's, so both congeal to the same picture.
+    size, s = 16, 3
+    a = torch.zeros(size, size, dtype=torch.bool)
+    a[4:10, 2:8] = True
+    b = torch.roll(a, s, dims=1)
+    masks = torch.stack([a, b])
+    images = masks.float().mul(2).sub(1).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    grid = identity_grid(size, 2).clone()
+    grid[1, ..., 0] += 2 * s / size  # normalised shift of s px
+    out = B.congealer_mask_transfer(GridCongealer(grid, images), images, masks, torch.tensor([[0, 1]]), resolution=16)
+    assert torch.equal(out[0], b)
+    assert float(B.mask_iou(masks[:1], masks[1:])) < 0.6  # without alignment they overlap much less
+
+
+def test_no_alignment_iou_is_the_direct_computation():
+    _, masks = _blobs(6, 12, seed=3)
+    pairs = B.random_pairs([0, 0, 0, 1, 1, 1], 20, seed=1)
+    got = B.mask_iou(masks[pairs[:, 0]], masks[pairs[:, 1]])
+    a, b = masks[pairs[:, 0]].numpy(), masks[pairs[:, 1]].numpy()
+    direct = (a & b).sum((1, 2)) / (a | b).sum((1, 2))
+    np.testing.assert_allclose(got.numpy(), direct, rtol=0, atol=1e-12)
+    assert float(B.mask_iou(torch.zeros(1, 3, 3), torch.zeros(1, 3, 3))) == 1.0
+
+
+def test_random_pairs_same_class_distinct_and_seeded():
+    labels = [0, 0, 1, 1, 1, 2]
+    p = B.random_pairs(labels, 200, seed=5)
+    lab = torch.tensor(labels)
+    assert (lab[p[:, 0]] == lab[p[:, 1]]).all() and (p[:, 0] != p[:, 1]).all()
+    assert not (p == 5).any()  # the only image of class 2 has no partner
+    assert torch.equal(p, B.random_pairs(labels, 200, seed=5))
+
+
+def test_classic_identity_matrices_copy_the_mask():
+    _, masks = _blobs(3, 10)
+    eye = torch.eye(2, 3).expand(3, 2, 3)
+    pairs = torch.tensor([[0, 1], [2, 0]])
+    assert torch.equal(B.classic_mask_transfer(eye, masks, pairs), masks[pairs[:, 0]])
+
+
+def test_hungarian_accuracy():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 500)
+    perm = rng.permutation(10)
+    assert B.hungarian_accuracy(perm[labels], labels) == 1.0
+    pred = perm[labels].copy()
+    pred[:50] = (pred[:50] + 1) % 10  # 50 wrong (each moved to another cluster)
+    assert B.hungarian_accuracy(pred, labels) == pytest.approx(0.9)
+    assert B.hungarian_accuracy([0, 0, 0, 0], [0, 1, 2, 3]) == 0.25  # one cluster matches one label
+
+
+def test_perturbation_ground_truth_and_pck():
+    g = torch.Generator().manual_seed(0)
+    digits = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    digits[:, 8:20, 12:16] = 255
+    p = B.perturb_digits(digits, 40, g)
+    pts = B.stroke_points(digits, 6, g)
+    assert (digits[0][pts[0, :, 1].long(), pts[0, :, 0].long()] == 255).all()
+    canvas_pts = B._apply(p.to_canvas, pts)  # (3, 6, 2)
+    # The canvas is bright where the known transform sends stroke centres.
+    grid = ((2 * canvas_pts + 1) / 40 - 1).unsqueeze(1)
+    vals = torch.nn.functional.grid_sample(p.images[:, :1], grid, align_corners=False)[:, 0, 0]
+    assert (vals > 0.0).float().mean() > 0.9
+    back = B._apply(B._invert_px(p.to_canvas), canvas_pts)
+    torch.testing.assert_close(back, pts, atol=1e-4, rtol=0)
+    vis = torch.ones(3, 6, dtype=torch.bool)
+    assert B.pck_at(canvas_pts, canvas_pts, vis, 40, (0.1, 0.05)) == [1.0, 1.0]
+    assert B.pck_at(canvas_pts + 3.0, canvas_pts, vis, 40, (0.1, 0.05)) == [0.0, 0.0]  # error 4.24 px > 4 px
+    ident = B.perturb_digits(digits, 28, g, identity=True)
+    torch.testing.assert_close(ident.images[:, 0], digits.float() / 127.5 - 1, atol=1e-5, rtol=0)
+
+
+def test_identity_transformer_transfers_points_exactly():
+    from gangealing.build import build, make_checkpoint
+    from gangealing.config import STNConfig
+    from gangealing.predictor import Congealer
+
+    torch.manual_seed(0)
+    stn = build("stn", STNConfig(flow_size=16, input_size=32, channel_multiplier=0.125, max_channels=16))
+    c = Congealer.from_checkpoint(make_checkpoint("model", {"stn": stn}), device="cpu")
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    pts = torch.tensor([[[5.0, 7.0], [20.0, 11.0], [30.0, 2.0]]]).expand(2, 3, 2)
+    est = c.transfer_points(images, images, pts)
+    assert B.pck_at(est, pts, torch.ones(2, 3, dtype=torch.bool), 32, (0.05,)) == [1.0]
+
+
+def test_registry_and_missing_models(tmp_path):
+    found, missing = B.available_models(root=tmp_path)
+    assert found == {} and set(missing) == set(B.MODELS)
+
+
+def test_markdown_of_a_result():
+    res = B.BenchResult(config={"alphas": (0.1, 0.05)}, missing=["x"],
+                        mask_transfer=[dict(dataset="d", method="no alignment", pairs=3, iou=0.5)],
+                        clustering=[dict(model="m", clusters=10, images=5, accuracy=0.9, reference_accuracy=0.979)])
+    md = B.to_markdown(res, "gangealing bench")
+    assert "| d | no alignment | 3 | 0.500 |" in md and "0.979" in md and "not found (skipped): x" in md
+
+
+@pytest.mark.slow
+def test_bench_command_runs(tmp_path):
+    import json
+
+    from gangealing.cli import main
+
+    out = tmp_path / "b"
+    rc = main(["bench", "--out", str(out), "--models", "gangealing-tiny-cat", "--pairs", "30", "--digits", "10",
+               "--no-classic", "--throughput-images", "10", "--cluster-images", "50", "--no-progress"])
+    assert rc == 0
+    data = json.loads((out / "results.json").read_text())
+    methods = [r["method"] for r in data["mask_transfer"]]
+    assert methods[0] == "no alignment" and len(methods) == (2 if B.resolve_model("gangealing-tiny-cat") else 1)
+    assert all(0 <= r["iou"] <= 1 for r in data["mask_transfer"])
+    assert data["mnist_pck"] and (out / "results.md").is_file()
