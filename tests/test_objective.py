@@ -136,3 +136,42 @@ def test_classifier_labels_follow_the_min_loss_rule(models):
     second[torch.arange(4), batch.labels] = 1e9  # logits pointing at the second best
     assert classifier_accuracy(-second, batch.distances, 1).item() == 0.0
     assert classifier_accuracy(-second, batch.distances, 2).item() == 1.0
+
+
+def test_input_jitter_warps_inputs_only_and_is_undone_by_its_inverse(models):
+    from gangealing.geometry import similarity as sim
+    from gangealing.train.objective import jitter_inputs, jitter_matrices
+
+    g, target, _ = models
+    resize = make_resize(16, 16)
+    plain = sample_pairs(g, target, 0.5, 3, resize, rng=torch.Generator().manual_seed(1))
+    jit = sample_pairs(g, target, 0.5, 3, resize, rng=torch.Generator().manual_seed(1),
+                       input_jitter=(30.0, 0.6, 0.9, 0.1))
+    assert torch.equal(jit.targets, plain.targets) and torch.equal(jit.w, plain.w)  # targets stay put
+    assert not torch.allclose(jit.inputs, plain.inputs, atol=1e-3)
+    # the matrices are rotations by at most 30 degrees with content scales in [0.6, 0.9]
+    m = jitter_matrices(500, (30.0, 0.6, 0.9, 0.1), rng=torch.Generator().manual_seed(0))
+    fwd = sim.invert(m)
+    scale = fwd[:, :, :2].det().sqrt()
+    angle = torch.atan2(fwd[:, 1, 0], fwd[:, 0, 0]).rad2deg()
+    assert scale.min() >= 0.6 - 1e-5 and scale.max() <= 0.9 + 1e-5 and scale.max() - scale.min() > 0.2
+    assert angle.abs().max() <= 30 + 1e-3 and angle.abs().max() > 25
+    assert fwd[:, :, 2].abs().max() <= 0.2 + 1e-6
+    # a smooth image jittered, then warped back by the forward map, is the image again (inside)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    img = torch.exp(-4 * (xx ** 2 + yy ** 2)).expand(2, 1, 32, 32).contiguous()
+    rng = torch.Generator().manual_seed(3)
+    out = jitter_inputs(img, (20.0, 0.9, 1.0, 0.0), rng=rng)
+    back = sim.invert(jitter_matrices(2, (20.0, 0.9, 1.0, 0.0), rng=torch.Generator().manual_seed(3)))
+    restored = torch.nn.functional.grid_sample(out, sim.affine_grid(back, 32), align_corners=False)
+    assert (restored - img)[..., 8:24, 8:24].abs().max() < 0.05
+
+
+def test_input_jitter_config_is_checked():
+    from gangealing.train.presets import get_preset
+
+    assert get_preset("tiny", input_jitter=(45, 0.5, 0.9, 0.15)).input_jitter == (45, 0.5, 0.9, 0.15)
+    with pytest.raises(ValueError, match="4 numbers"):
+        get_preset("tiny", input_jitter=(45, 0.5))
+    with pytest.raises(ValueError, match="min_scale"):
+        get_preset("tiny", input_jitter=(45, 0.9, 0.5, 0.1))

@@ -9,8 +9,11 @@ with a soft histogram of ``bins`` bins over [0, 1] (two bins and binary images g
 binary congealing). Optimisation is the original's coordinate descent: try ``±step`` on each
 parameter, keep what lowers the objective; all images are updated at once against the current
 stack (a Jacobi sweep, which vectorises), the mean transform is re-centred to the identity after
-each sweep (as Learned-Miller does, so the stack cannot drift away), and the steps shrink when a
-sweep stops improving.
+each sweep (as Learned-Miller does, so the stack cannot drift away or shrink to nothing), and the
+steps shrink when a sweep stops improving. Because of that re-centring, a move is judged by its
+gain minus the mean gain of the same move over all images (the gain it keeps after re-centring);
+without this, a move every image prefers (a smaller scale lowers any stack's entropy) wins every
+time, is undone by the re-centring, and the images never move.
 """
 from __future__ import annotations
 
@@ -113,14 +116,22 @@ def classic_congeal(images: torch.Tensor, cfg: ClassicCongealingConfig = Classic
     history.append(float(_entropy(hist)))
     best_value, best_params, initial_steps = history[0], params, steps.clone()
     for _ in range(cfg.iters):
-        new_params = params.clone()
+        cost = torch.empty(n, 9, device=images.device, dtype=images.dtype)
         for s in range(0, n, cfg.chunk):
             p = params[s : s + cfg.chunk]  # (c, 4)
             cand = (p.unsqueeze(1) + moves * steps).clamp(-limits, limits)  # (c, 9, 4)
             rendered = _render(unit[s : s + cfg.chunk].repeat_interleave(9, 0), cand.flatten(0, 1), cfg.padding_mode)
             delta = _soft_bins(rendered.view(-1, 9, rendered.size(-1)), cfg.bins) - _soft_bins(current[s : s + cfg.chunk], cfg.bins).unsqueeze(1)
-            cost = _entropy(hist + delta / n)  # (c, 9): the stack's entropy if only this image moved
-            new_params[s : s + cfg.chunk] = cand[torch.arange(cand.size(0)), cost.argmin(1)]
+            cost[s : s + cfg.chunk] = _entropy(hist + delta / n)  # (c, 9): the stack's entropy if only this image moved
+        # Judge each move against the same move made by every image: the mean transform is pinned
+        # to the identity below, so a move all images like (shrinking every image lowers the
+        # entropy of any stack) would be undone and must not crowd out the relative moves that
+        # align. This is the first-order change of the objective under that constraint.
+        gain = cost - cost[:, :1]  # (N, 9), 0 for staying
+        relative = gain - gain.mean(0, keepdim=True)
+        relative[:, 0] = 0.0
+        cand_all = (params.unsqueeze(1) + moves * steps).clamp(-limits, limits)  # (N, 9, 4)
+        new_params = cand_all[torch.arange(n, device=images.device), relative.argmin(1)]
         # Keep the mean transform at the identity: only the relative alignment is defined.
         new_params = new_params - new_params.mean(0, keepdim=True)
         rendered = _render(unit, new_params, cfg.padding_mode)

@@ -36,6 +36,8 @@ _FIELD_HELP = {
     "freeze_target": "keep the target c at its initialisation",
     "sample_from_full_res": "sample pixels from the full-resolution generator output",
     "padding_mode": "grid-sample padding: border, reflection or zeros",
+    "input_jitter": "random similarity on each generated input, not its target (extension, off by default): "
+                    "MAX_ANGLE_DEG MIN_SCALE MAX_SCALE MAX_SHIFT, e.g. 45 0.5 0.9 0.15",
     "flow_size": "resolution the transformer regresses and warps at",
     "input_size": "resolution of real images fed at test time (the original's --real_size)",
     "stn_channel_multiplier": "transformer width multiplier",
@@ -91,6 +93,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_)
         elif f.name == "transforms":
             g.add_argument(flag, dest=f.name, default=None, nargs="+", choices=["similarity", "flow"], help=help_)
+        elif f.name == "input_jitter":
+            g.add_argument(flag, dest=f.name, default=None, nargs=4, type=float,
+                           metavar=("MAX_ANGLE", "MIN_SCALE", "MAX_SCALE", "MAX_SHIFT"), help=help_)
         else:
             typ = {"int": int, "float": float}.get(str(f.type), str)
             g.add_argument(flag, dest=f.name, default=None, type=typ, help=help_)

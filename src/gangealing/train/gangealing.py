@@ -44,7 +44,7 @@ from gangealing.config import STNConfig, TargetConfig
 from gangealing.models.pca import fit_pca, sample_w
 from gangealing.models.target import kmeans_candidate_wplus, kmeans_plusplus_targets
 
-from .objective import congealing_step, make_resize
+from .objective import congealing_step, jitter_inputs, make_resize
 from .presets import GANgealingTrainConfig
 from .runtime import (DistInfo, MetricsLogger, RunDir, all_reduce_dict, all_reduce_mean, broadcast_module,
                       ema_update, init_distributed, progress, read_metrics)
@@ -313,7 +313,7 @@ class GANgealingTrainer:
             terms = congealing_step(self.generator, self.stn, self.target, self.loss_fn, psi, cfg.micro_batch,
                                     self.resize, flips=cfg.flips, tv_weight=cfg.tv_weight,
                                     identity_weight=cfg.identity_weight, sample_from_full_res=cfg.sample_from_full_res,
-                                    padding_mode=cfg.padding_mode, rng=self.rng)
+                                    padding_mode=cfg.padding_mode, rng=self.rng, input_jitter=cfg.input_jitter)
             (terms.total / self.accumulation).backward()
             for name in ("total", "perceptual", "tv", "identity"):
                 sums[name] = sums.get(name, 0.0) + getattr(terms, name).detach() / self.accumulation
@@ -385,6 +385,9 @@ class GANgealingTrainer:
         psi = anneal_psi(max(step, 1), cfg.anneal_psi, cfg.anneal_fn) if step else 1.0
         w = g.mapping(self.vis_z)  # (V, D)
         inputs = g.synthesis(w, noise="const")  # (V, C, G, G)
+        if cfg.input_jitter:  # a fixed jitter per visual sample, so that steps compare
+            fixed = torch.Generator(device=self.device).manual_seed(cfg.seed)
+            inputs = jitter_inputs(inputs, cfg.input_jitter, padding_mode=cfg.padding_mode, rng=fixed)
         stn_in = self.resize(inputs)  # (V, C, S, S)
         targets = self.resize(g.synthesis(self.target(w, psi), noise="const"))  # (V K, C, S, S)
         res = self.stn_ema(stn_in, padding_mode=cfg.padding_mode,

@@ -22,13 +22,16 @@ original's order (z, noise of the input, noise of the target), which replays its
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gangealing.geometry import similarity as sim
+from gangealing.geometry.warp import warp
 from gangealing.losses.flow import flow_identity_loss, total_variation_loss
 from gangealing.models.stn import AlignResult, SpatialTransformer, TentDownsample
 
@@ -38,6 +41,8 @@ __all__ = [
     "LossTerms",
     "make_resize",
     "sample_pairs",
+    "jitter_matrices",
+    "jitter_inputs",
     "align_pairs",
     "assign_clusters",
     "select_assigned",
@@ -87,12 +92,40 @@ class TrainingPairs:
     w: Tensor  # (N, D)
 
 
+def jitter_matrices(batch: int, jitter: Sequence[float], rng: Optional[torch.Generator] = None,
+                    device: Optional[torch.device] = None) -> Tensor:
+    """``(N, 2, 3)`` inverse-warp matrices of random similarities ``(max_angle_deg, min_scale,
+    max_scale, max_shift)`` (see ``GANgealingTrainConfig.input_jitter``).
+
+    The content is rotated by ``a``, scaled by ``s`` and moved by ``t`` (``t`` in normalised units,
+    ``2 * max_shift`` per image side) about the image centre; the returned matrix maps output to
+    source, as ``grid_sample`` wants.
+    """
+    max_angle, lo, hi, shift = (float(v) for v in jitter)
+    dev = rng.device if rng is not None else device
+    u = torch.rand(batch, 4, generator=rng, device=dev)  # (N, 4) in [0, 1)
+    angle = (u[:, 0] * 2 - 1) * math.radians(max_angle)
+    scale = lo + u[:, 1] * (hi - lo)
+    t = (u[:, 2:] * 2 - 1) * 2 * shift  # (N, 2)
+    forward = sim.similarity_matrix(angle, scale, t[:, 0], t[:, 1])  # source -> output
+    return sim.invert(forward)
+
+
+def jitter_inputs(images: Tensor, jitter: Sequence[float], padding_mode: str = "border",
+                  rng: Optional[torch.Generator] = None) -> Tensor:
+    """Warp each image ``(N, C, H, W)`` by its own random similarity of :func:`jitter_matrices`."""
+    m = jitter_matrices(images.size(0), jitter, rng=rng, device=images.device).to(images.dtype)
+    return warp(images, sim.affine_grid(m, images.shape[-2:]), padding_mode=padding_mode)
+
+
 def sample_pairs(generator: nn.Module, target: nn.Module, psi: Union[float, Tensor], batch: int, resize: Resize,
-                 rng: Optional[torch.Generator] = None, z: Optional[Tensor] = None) -> TrainingPairs:
+                 rng: Optional[torch.Generator] = None, z: Optional[Tensor] = None,
+                 input_jitter: Sequence[float] = (), padding_mode: str = "border") -> TrainingPairs:
     """Draw ``batch`` samples and render them and their targets (gradients reach ``target``).
 
     ``generator`` is frozen; ``z`` (N, D) overrides the draw. Draw order: z, the input's noise, the
-    target's noise (the original's).
+    target's noise (the original's), then, with ``input_jitter``, the inputs' random similarities
+    (the targets stay unjittered: the transformer learns to undo the jitter).
     """
     if z is None:
         z = generator.sample_z(batch, generator=rng)  # (N, D)
@@ -101,6 +134,8 @@ def sample_pairs(generator: nn.Module, target: nn.Module, psi: Union[float, Tens
         inputs = generator.synthesis(w, noise="random", generator=rng)  # (N, C, G, G)
     w_plus = target(w, psi)  # (N K, L, D)
     targets = resize(generator.synthesis(w_plus, noise="random", generator=rng))  # (N K, C, S, S)
+    if input_jitter:
+        inputs = jitter_inputs(inputs, input_jitter, padding_mode=padding_mode, rng=rng)
     return TrainingPairs(inputs=inputs, stn_inputs=resize(inputs), targets=targets, w=w)
 
 
@@ -200,10 +235,11 @@ def congealing_step(generator: nn.Module, stn: SpatialTransformer, target: nn.Mo
                     psi: Union[float, Tensor], batch: int, resize: Resize, *, flips: bool = False,
                     tv_weight: float = 1000.0, identity_weight: float = 1.0, sample_from_full_res: bool = False,
                     padding_mode: str = "border", rng: Optional[torch.Generator] = None,
-                    z: Optional[Tensor] = None) -> LossTerms:
+                    z: Optional[Tensor] = None, input_jitter: Sequence[float] = ()) -> LossTerms:
     """Sample pairs, align, and compute the loss of one (micro-)batch (the original's training step
     up to ``backward``)."""
-    pairs = sample_pairs(generator, target, psi, batch, resize, rng=rng, z=z)
+    pairs = sample_pairs(generator, target, psi, batch, resize, rng=rng, z=z, input_jitter=input_jitter,
+                         padding_mode=padding_mode)
     aligned = align_pairs(stn, pairs, flips=flips, sample_from_full_res=sample_from_full_res, padding_mode=padding_mode)
     return gangealing_loss(aligned, pairs.targets, loss_fn, batch, num_heads=stn.cfg.num_heads, flips=flips,
                            tv_weight=tv_weight, identity_weight=identity_weight)

@@ -34,6 +34,12 @@ class GANgealingTrainConfig:
     freeze_target: bool = False  # keep c fixed at its initialisation
     sample_from_full_res: bool = False  # sample pixels from the full-resolution generator output
     padding_mode: str = "reflection"
+    # Random similarity applied to each generated input (not to its target), as
+    # (max_angle_deg, min_scale, max_scale, max_shift): angle uniform in +-max_angle, content scale
+    # uniform in [min_scale, max_scale], shifts uniform in +-max_shift of the image side. () = off,
+    # the paper's setting. An extension: it teaches the transformer to undo poses that the
+    # generator's data never shows (e.g. rotated digits from a GAN of centred MNIST).
+    input_jitter: Tuple[float, ...] = ()
     # -- transformer architecture
     flow_size: int = 128
     input_size: int = 256  # resolution of real images fed at test time (the original's real_size)
@@ -82,6 +88,13 @@ class GANgealingTrainConfig:
             raise ValueError(f"input_size {self.input_size} must be a multiple of flow_size {self.flow_size}")
         if self.anneal_fn not in ("cosine", "linear"):
             raise ValueError(f"anneal_fn must be cosine or linear, got {self.anneal_fn!r}")
+        if self.input_jitter:
+            if len(self.input_jitter) != 4:
+                raise ValueError("input_jitter takes 4 numbers: max_angle_deg min_scale max_scale max_shift "
+                                 f"(e.g. 45 0.5 0.9 0.15), got {self.input_jitter}")
+            _, lo, hi, shift = self.input_jitter
+            if not 0 < lo <= hi or shift < 0:
+                raise ValueError(f"input_jitter needs 0 < min_scale <= max_scale and max_shift >= 0, got {self.input_jitter}")
         if self.padding_mode not in ("border", "zeros", "reflection"):
             raise ValueError(f"padding_mode must be border, zeros or reflection, got {self.padding_mode!r}")
         return self
