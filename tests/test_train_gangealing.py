@@ -89,6 +89,16 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(t
     assert steps == [1, 2, 3, 4, 5]
 
 
+def test_max_seconds_stops_with_a_checkpoint_and_the_run_resumes(tmp_path):
+    cfg = tiny_cfg(iters=4)
+    tr = GANgealingTrainer(cfg, tiny_generator(), tmp_path / "run", loss_fn=PixelDistance(2), show_progress=False)
+    res = tr.fit(max_seconds=0.0)  # out of time after the first step
+    assert res.step == 1 and res.model_path is None
+    again = GANgealingTrainer(cfg, tiny_generator(), tmp_path / "run", loss_fn=PixelDistance(2), show_progress=False)
+    assert again.step == 1
+    assert again.fit().step == 4
+
+
 def test_final_model_checkpoint_loads_and_carries_test_settings(tmp_path):
     cfg = tiny_cfg(iters=2, padding_mode="reflection")
     tr = GANgealingTrainer(cfg, tiny_generator(), tmp_path / "run", loss_fn=PixelDistance(2), show_progress=False)

@@ -83,6 +83,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--real-split", default="test", help="split of an embedded --real dataset (train, test, all)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this process's GPU, else CPU)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resume later)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop (with a checkpoint) after this much training wall time; rerun to continue")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("overrides of the preset (default: the preset's value)")
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     res = train_gangealing(cfg, args.generator, args.out, real=args.real, real_split=args.real_split,
-                           device=args.device, max_steps=args.max_steps, tensorboard=not args.no_tensorboard,
+                           device=args.device, max_steps=args.max_steps, max_seconds=args.max_seconds, tensorboard=not args.no_tensorboard,
                            show_progress=not args.quiet)
     shown = {k: round(v, 6) for k, v in res.losses.items() if k in ("perceptual", "tv", "identity", "psi")}
     print(f"step {res.step}/{cfg.iters} in {res.wall_time_s:.0f} s; last losses {shown}")

@@ -338,8 +338,9 @@ class GANgealingTrainer:
         out.update(psi=psi, **lrs)
         return out
 
-    def fit(self, max_steps: Optional[int] = None) -> TrainResult:
-        """Train to ``cfg.iters`` (or stop after ``max_steps`` more steps, e.g. to simulate a kill)."""
+    def fit(self, max_steps: Optional[int] = None, max_seconds: Optional[float] = None) -> TrainResult:
+        """Train to ``cfg.iters`` (or stop after ``max_steps`` more steps, e.g. to simulate a kill, or
+        after ``max_seconds`` of wall time, with a checkpoint: run again to continue)."""
         cfg = self.cfg
         t0 = time.time()
         logger = MetricsLogger(self.run.path / "metrics.jsonl", enabled=self.dist.is_primary,
@@ -361,8 +362,12 @@ class GANgealingTrainer:
                     logger.log(step, **values)
                 if step % cfg.vis_every == 0 or step in cycle_ends or step == cfg.iters:
                     self.visualize(logger)
-                if step % cfg.ckpt_every == 0 or step in cycle_ends or step == stop:
+                # Every process stops at the same step: the decision is all-reduced.
+                out_of_time = max_seconds is not None and all_reduce_mean(float(time.time() - t0 > max_seconds)).item() > 0
+                if step % cfg.ckpt_every == 0 or step in cycle_ends or step == stop or out_of_time:
                     self.save()
+                if out_of_time:
+                    break
         finally:
             bar.close()
             logger.close()
@@ -434,7 +439,7 @@ def _load_real(source: str, size: int, split: str, limit: int) -> Tensor:
 
 def train_gangealing(cfg: GANgealingTrainConfig, generator_path: Union[str, Path], out: Union[str, Path], *,
                      real: Optional[str] = None, real_split: str = "test", device: Optional[str] = None,
-                     max_steps: Optional[int] = None, tensorboard: bool = True,
+                     max_steps: Optional[int] = None, max_seconds: Optional[float] = None, tensorboard: bool = True,
                      show_progress: bool = True) -> TrainResult:
     """The whole ``gangealing train`` command: processes, generator, trainer, run. Resumes when
     ``out`` holds a checkpoint."""
@@ -443,4 +448,4 @@ def train_gangealing(cfg: GANgealingTrainConfig, generator_path: Union[str, Path
     real_images = _load_real(real, cfg.input_size, real_split, max(cfg.n_mean, cfg.n_sample)) if real else None
     trainer = GANgealingTrainer(cfg, gen, out, dist=dist_info, real=real_images, tensorboard=tensorboard,
                                 show_progress=show_progress, generator_source=str(generator_path))
-    return trainer.fit(max_steps=max_steps)
+    return trainer.fit(max_steps=max_steps, max_seconds=max_seconds)
