@@ -153,10 +153,26 @@ def test_bench_command_runs(tmp_path):
 
     out = tmp_path / "b"
     rc = main(["bench", "--out", str(out), "--models", "gangealing-tiny-cat", "--pairs", "30", "--digits", "10",
-               "--no-classic", "--throughput-images", "10", "--cluster-images", "50", "--no-progress"])
+               "--no-classic", "--throughput-images", "10", "--cluster-images", "50", "--no-progress",
+               "--no-train-speed"])
     assert rc == 0
     data = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in data["mask_transfer"]]
     assert methods[0] == "no alignment" and len(methods) == (2 if B.resolve_model("gangealing-tiny-cat") else 1)
     assert all(0 <= r["iou"] <= 1 for r in data["mask_transfer"])
     assert data["mnist_pck"] and (out / "results.md").is_file()
+    assert data["train_throughput"] == []
+
+
+@pytest.mark.slow
+def test_training_throughput_is_measured_per_preset():
+    cfg = B.BenchConfig(gan_presets=(("tiny", 1),), gangealing_presets=(("tiny", 1),))
+    rows = B.train_throughput(cfg)
+    gan = [r for r in rows if r["what"] == "train-gan"]
+    assert len(gan) == 1 and gan[0]["batch"] == 16 and gan[0]["images_per_s"] > 0
+    assert abs(gan[0]["images_per_s"] * gan[0]["s_per_step"] - 16) < 1e-6
+    gg = [r for r in rows if r["what"] == "train"]
+    if B.resolve_model_file("models/gan-tiny-cat/generator.pt") is not None:
+        assert len(gg) == 1 and gg[0]["batch"] == 40 and gg[0]["images_per_s"] > 0
+    md = B.to_markdown(B.BenchResult(config={}, train_throughput=rows))
+    assert "## Training throughput" in md and "| train-gan | tiny | 32 px | 16 |" in md

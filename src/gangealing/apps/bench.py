@@ -36,7 +36,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -106,7 +106,12 @@ def _repo_roots() -> List[Path]:
 
 def resolve_model(name: str, root: Optional[Union[str, os.PathLike]] = None) -> Optional[Path]:
     """The file of registry model ``name``, or None when it is not there."""
-    p = Path(MODELS[name].path)
+    return resolve_model_file(MODELS[name].path, root)
+
+
+def resolve_model_file(path: str, root: Optional[Union[str, os.PathLike]] = None) -> Optional[Path]:
+    """A repository-relative (or absolute) file, looked up under ``root`` or the checkout; None if absent."""
+    p = Path(path)
     if p.is_absolute():
         return p if p.is_file() else None
     for r in ([Path(root)] if root is not None else _repo_roots()):
@@ -343,6 +348,11 @@ class BenchConfig:
     throughput_images: int = 200
     mask_resolution: int = 64  # congealed-frame resolution for mask transfer
     classic: bool = True
+    # Training throughput: timed steps per preset after one warm-up step ((preset, steps) pairs;
+    # 16 GAN steps span one lazy-R1 period of the tiny preset). Empty = not measured.
+    gan_presets: Tuple[Tuple[str, int], ...] = (("tiny", 16),)
+    gangealing_presets: Tuple[Tuple[str, int], ...] = (("tiny", 4), ("tiny-clusters", 2), ("tiny-clusters-flips", 2),
+                                                       ("tiny-similarity", 4))
     seed: int = 0
 
 
@@ -355,6 +365,7 @@ class BenchResult:
     mnist_pck: List[Dict[str, Any]] = field(default_factory=list)
     clustering: List[Dict[str, Any]] = field(default_factory=list)
     throughput: List[Dict[str, Any]] = field(default_factory=list)
+    train_throughput: List[Dict[str, Any]] = field(default_factory=list)
     models: Dict[str, str] = field(default_factory=dict)
     missing: List[str] = field(default_factory=list)
     environment: Dict[str, Any] = field(default_factory=dict)
@@ -486,6 +497,51 @@ def _throughput(name: str, c, images: torch.Tensor, batch: int = 100) -> Dict[st
                 images_per_s=len(images) / dt)
 
 
+def _timed_steps(step: Callable[[], Any], steps: int) -> float:
+    """Seconds per call of ``step`` over ``steps`` calls after one warm-up call."""
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+def train_throughput(cfg: BenchConfig, device: str = "cpu", root=None) -> List[Dict[str, Any]]:
+    """Training speed per preset, measured on the spot: ``train-gan`` on the embedded cat silhouettes
+    and GANgealing ``train`` against the committed ``gan-tiny-cat`` generator (in a temporary run
+    folder, nothing kept)."""
+    import tempfile
+
+    from ..train.gan import GANTrainer, resolve_config
+    from ..train.gangealing import GANgealingTrainer, load_generator
+    from ..train.presets import get_preset
+    from ..train.runtime import DistInfo
+
+    dev = torch.device(device)
+    rows: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset, steps in cfg.gan_presets:
+            gcfg = resolve_config(preset, data="animals:cat", sample_every=10 ** 9, ckpt_every=10 ** 9, seed=cfg.seed)
+            tr = GANTrainer(gcfg, Path(tmp) / f"gan-{preset}", dist_info=DistInfo(device=dev), show_progress=False,
+                            tensorboard=False)
+            sec = _timed_steps(tr.train_step, steps)
+            rows.append(dict(what="train-gan", preset=preset, size=gcfg.size, batch=gcfg.batch, steps=steps,
+                             s_per_step=sec, images_per_s=gcfg.batch / sec, device=str(dev),
+                             threads=torch.get_num_threads()))
+        gen_file = resolve_model_file("models/gan-tiny-cat/generator.pt", root) if cfg.gangealing_presets else None
+        if gen_file is not None:
+            gen = load_generator(gen_file, dev)
+            for preset, steps in cfg.gangealing_presets:
+                tcfg = get_preset(preset, pca_samples=5000, kmeans_candidates=200, seed=cfg.seed)
+                tr = GANgealingTrainer(tcfg, gen, Path(tmp) / f"gg-{preset}", dist=DistInfo(device=dev),
+                                       tensorboard=False, show_progress=False)
+                sec = _timed_steps(tr.train_step, steps)
+                rows.append(dict(what="train", preset=preset, size=gen.size, batch=tcfg.batch, heads=tcfg.num_heads,
+                                 flips=tcfg.flips, steps=steps, s_per_step=sec, images_per_s=tcfg.batch / sec,
+                                 device=str(dev), threads=torch.get_num_threads()))
+    return rows
+
+
 def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] = None, *, root=None,
               device: str = "cpu", progress: bool = True, paths: Optional[Dict[str, str]] = None,
               congealers: Optional[Dict[str, Any]] = None) -> BenchResult:
@@ -516,7 +572,7 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
     digits = sorted({cl for n in congealers if MODELS[n].dataset == "mnist" and len(MODELS[n].classes) == 1
                      for cl in MODELS[n].classes}) or ["3"]
     steps = len(cfg.animal_classes) * (1 + sum(MODELS[n].dataset == "animals" for n in congealers)) \
-        + len(digits) * 3 + len(congealers) + 1
+        + len(digits) * 3 + len(congealers) + 2
     bar = tqdm(total=steps, desc="bench", disable=not progress)
     tick = lambda: bar.update(1)  # noqa: E731
     try:
@@ -537,6 +593,9 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
             reps = math.ceil(cfg.throughput_images / len(imgs))
             res.throughput.append(_throughput(n, c, torch.cat([imgs] * reps)[: cfg.throughput_images].contiguous()))
             tick()
+        if cfg.gan_presets or cfg.gangealing_presets:
+            res.train_throughput = train_throughput(cfg, device=device, root=root)
+        tick()
     finally:
         bar.close()
     res.environment = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
@@ -586,6 +645,14 @@ def to_markdown(res: BenchResult, command: str = "") -> str:
                 "| model | input | output | batch | device | threads | images/s |", "| --- | --- | --- | --- | --- | --- | --- |"]
         out += [f"| {r['model']} | {r['input']} | {r['output']} | {r['batch']} | {r['device']} | {r['threads']} | "
                 f"{r['images_per_s']:.0f} |" for r in res.throughput]
+        out.append("")
+    if res.train_throughput:
+        out += ["## Training throughput", "",
+                "| command | preset | size | batch (samples per step) | heads | flips | s/step | images/s | device | threads |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {r['what']} | {r['preset']} | {r['size']} px | {r['batch']} | {r.get('heads', '–')} | "
+                f"{r.get('flips', '–')} | {r['s_per_step']:.2f} | {r['images_per_s']:.1f} | {r['device']} | "
+                f"{r['threads']} |" for r in res.train_throughput]
         out.append("")
     out += [f"Total time: {res.seconds} s; torch {res.environment.get('torch')}, "
             f"{res.environment.get('cpu_count')} CPUs visible, {res.environment.get('threads')} torch threads.", ""]

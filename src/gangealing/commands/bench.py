@@ -37,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--canvas", type=int, default=d.canvas, help="side of the MNIST perturbation canvas (px)")
     p.add_argument("--cluster-images", type=int, default=d.cluster_images, help="MNIST test images routed for clustering accuracy")
     p.add_argument("--throughput-images", type=int, default=d.throughput_images, help="images timed per model")
-    p.add_argument("--no-classic", action="store_true", help="skip the classic-congealing baseline (slow)")
+    p.add_argument("--no-classic", action="store_true", help="skip the classic-congealing baseline")
+    p.add_argument("--no-train-speed", action="store_true",
+                   help="skip the training-throughput measures (a few timed steps per preset, about a minute on 2 cores)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of pairs, perturbations and points")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(pairs=args.pairs, animal_classes=tuple(args.classes), mnist_digits=args.digits, canvas=args.canvas,
                       cluster_images=args.cluster_images, throughput_images=args.throughput_images,
-                      classic=not args.no_classic, seed=args.seed)
+                      classic=not args.no_classic, seed=args.seed,
+                      **(dict(gan_presets=(), gangealing_presets=()) if args.no_train_speed else {}))
     paths = dict(item.split("=", 1) for item in args.model_path)
     res = run_bench(cfg, args.models, device=args.device, progress=not args.no_progress, paths=paths)
     # The command line as typed when run from a shell; in-process calls (tests) record the output folder only.
