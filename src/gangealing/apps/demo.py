@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +108,49 @@ _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}im
         "pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:85%}")
 
 
+def _digit_section(name: str, c, fig: Callable[..., str], num_images: int, display: int, seed: int) -> str:
+    """The HTML of one MNIST model: the clusters of a clustering model (test digits routed by its
+    classifier), or, for a one-digit model, held-out digits under random similarities (rotation up
+    to 45 degrees, scale 0.7-1.3, shifts up to 15%, the benchmark's) before and after alignment."""
+    from .bench import _mnist_test, perturb_digits
+
+    label = MODELS[name].label
+    parts: List[str] = []
+    if c.num_clusters > 1:
+        digits, labels = _mnist_test()
+        digits, labels = digits[:1000], labels[:1000]
+        images = digits.float().div(127.5).sub(1).unsqueeze(1).expand(-1, 3, -1, -1)
+        res = c.align(images, output_resolution=display)
+        cl = res.cluster.cpu()
+        for k in range(c.num_clusters):
+            sel = torch.nonzero(cl == k).flatten()
+            if sel.numel() == 0:
+                parts.append(f"<p>cluster {k}: none of the 1,000 test digits routed here</p>")
+                continue
+            top = torch.bincount(torch.as_tensor(labels)[sel].long(), minlength=10)
+            caption = (f"cluster {k}: {sel.numel()} digits, {int(top.max())} of them {int(top.argmax())}s; "
+                       "inputs, congealed, average congealed")
+            shown = sel[:8]
+            row = torch.cat([_upscale(images[shown], display), res.images[shown], res.images[sel].mean(0, keepdim=True)])
+            parts.append(fig(row, f"{name}_cluster{k}.png", caption, row.size(0)))
+        intro = (f"<p>The first 1,000 MNIST test digits routed by the cluster classifier to {c.num_clusters} "
+                 "clusters, each congealed by its own head.</p>")
+    else:
+        digit = MODELS[name].classes[0]
+        digits, _ = _mnist_test([digit])
+        pert = perturb_digits(digits[:num_images], 40, torch.Generator().manual_seed(seed))
+        big = _upscale(pert.images, display)
+        res = c.align(big, output_resolution=display)
+        parts += [fig(big, f"{name}_perturbed.png", f"{num_images} held-out {digit}s under random similarities", 8),
+                  fig(res.images, f"{name}_congealed.png", "congealed", 8),
+                  fig(torch.cat([big.mean(0, keepdim=True), res.images.mean(0, keepdim=True)]),
+                      f"{name}_averages.png", "average before and after alignment", 2)]
+        intro = ("<p>Held-out MNIST digits placed on a 40 px canvas under random similarities "
+                 "(the benchmark's perturbations), then congealed.</p>")
+    return (f"<h2>{html.escape(label)} <small>(<code>{html.escape(name)}</code>)</small></h2>" + intro
+            + "".join(parts))
+
+
 def run_demo(out: Union[str, Path] = "gangealing-demo", *, num_images: int = 24, display: int = 112,
              models: Optional[Sequence[str]] = None, root: Optional[Union[str, Path]] = None,
              device: str = "cpu", seed: int = 0, progress: bool = True) -> DemoResult:
@@ -127,6 +170,8 @@ def run_demo(out: Union[str, Path] = "gangealing-demo", *, num_images: int = 24,
     out.mkdir(parents=True, exist_ok=True)
     names = [n for n in (models or MODELS) if MODELS[n].dataset == "animals" and not MODELS[n].ablation]
     found, missing = available_models(names, root)
+    found_digits, missing_digits = available_models([n for n in (models or MODELS) if MODELS[n].dataset == "mnist"], root)
+    missing = missing + missing_digits
     if not found:
         raise FileNotFoundError(f"none of the demo models is here ({', '.join(MODELS[n].path for n in names)}); "
                                 "run the demo from the repository root, or use --from-scratch")
@@ -138,7 +183,7 @@ def run_demo(out: Union[str, Path] = "gangealing-demo", *, num_images: int = 24,
     written: List[Path] = []
     sections: List[str] = []
     congealers: Dict[str, Congealer] = {}
-    bar = tqdm(total=len(found) * 5 + 1, desc="demo", disable=not progress)
+    bar = tqdm(total=len(found) * 5 + len(found_digits) + 1, desc="demo", disable=not progress)
 
     def fig(img: torch.Tensor, fname: str, caption: str, nrow: Optional[int] = None) -> str:
         p = _save(img, out / fname, nrow)
@@ -203,6 +248,10 @@ def run_demo(out: Union[str, Path] = "gangealing-demo", *, num_images: int = 24,
             sections.append(f"<h2>{html.escape(label)} <small>(<code>{html.escape(str(path))}</code>)</small></h2>"
                             f"<p>{c.num_clusters} cluster(s); {flips} of {num_images} images aligned through their mirror.</p>"
                             + "".join(parts))
+        for name, path in found_digits.items():
+            sections.append(_digit_section(name, Congealer.from_checkpoint(path, device=device), fig, num_images,
+                                           display, seed))
+            bar.update(1)
         roots = [Path(root)] if root is not None else [Path.cwd(), Path(__file__).resolve().parents[3]]
         bench_html, numbers = _benchmark_section(roots, congealers, all_images, all_masks, seed)
         sections.append("<h2>Benchmark</h2>" + bench_html)
@@ -218,7 +267,7 @@ def run_demo(out: Union[str, Path] = "gangealing-demo", *, num_images: int = 24,
             + "".join(sections) + f"<p><small>Made by <code>gangealing demo</code> in {seconds:.0f} s.</small></p></body></html>")
     index = out / "index.html"
     index.write_text(page)
-    return DemoResult(index, tuple(written), tuple(found), tuple(missing), seconds, numbers)
+    return DemoResult(index, tuple(written), tuple(found) + tuple(found_digits), tuple(missing), seconds, numbers)
 
 
 # ------------------------------------------------------------------------------------------------
