@@ -93,7 +93,7 @@ MODELS: Dict[str, ModelEntry] = {
     "gangealing-tiny-cat-sim": ModelEntry("models/gangealing-tiny-cat-sim/model.pt", "animals", ("cat",),
                                           "similarity-only ablation (tiny)", ablation=True),
     "gangealing-tiny-mnist3": ModelEntry("models/gangealing-tiny-mnist3/model.pt", "mnist", ("3",),
-                                         "GANgealing (tiny, K=1)"),
+                                         "GANgealing (tiny, K=1, input jitter)"),
     "gangealing-tiny-mnist-k10": ModelEntry("models/gangealing-tiny-mnist-k10/model.pt", "mnist",
                                             tuple(str(d) for d in range(10)), "GANgealing (tiny, K=10 + classifier)"),
 }
