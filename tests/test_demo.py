@@ -63,3 +63,16 @@ def test_from_scratch_runs_end_to_end(tmp_path):
     assert r.model is not None and r.model.is_file()
     assert 0 <= r.iou_unaligned <= 1 and 0 <= r.iou_congealed <= 1
     assert json.loads(r.report.read_text())["gangealing_steps"] == r.gangealing_steps
+
+
+def test_markdown_to_html_renders_the_benchmark_subset():
+    from gangealing.apps.demo import markdown_to_html
+
+    md = ("# Title <x>\n\nSome `code` and **bold**\ncontinued.\n\n| a | b |\n| --- | --- |\n| 1 | `2` |\n\n"
+          "```bash\ngangealing bench --out b\n```\n* one\n  more\n* two\n")
+    out = markdown_to_html(md)
+    assert "<h3>Title &lt;x&gt;</h3>" in out
+    assert "<p>Some <code>code</code> and <b>bold</b> continued.</p>" in out
+    assert "<table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td><code>2</code></td></tr></table>" in out
+    assert "<pre>gangealing bench --out b</pre>" in out and "---" not in out
+    assert "<ul><li>one more</li><li>two</li></ul>" in out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,13 +85,67 @@ def _upscale(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
 
 
+def _inline(text: str) -> str:
+    """Escape ``text`` and render Markdown's inline code and bold."""
+    out = html.escape(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def markdown_to_html(text: str) -> str:
+    """The small Markdown subset BENCHMARKS.md uses: headings, pipe tables, fenced code, bullets and
+    paragraphs (anything else stays readable as a paragraph)."""
+    blocks: List[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            j = i + 1
+            while j < len(lines) and not lines[j].startswith("```"):
+                j += 1
+            blocks.append("<pre>" + html.escape("\n".join(lines[i + 1:j])) + "</pre>")
+            i = j + 1
+        elif line.startswith("#"):
+            level = min(6, len(line) - len(line.lstrip("#")) + 2)  # '#' -> h3: under the page's h2
+            blocks.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+            i += 1
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+                if not all(set(c) <= set("-: ") for c in cells):  # skip the separator row
+                    tag = "th" if not rows else "td"
+                    rows.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+                i += 1
+            blocks.append("<table>" + "".join(rows) + "</table>")
+        elif line.startswith("* "):
+            items = []
+            while i < len(lines) and (lines[i].startswith("* ") or lines[i].startswith("  ")):
+                if lines[i].startswith("* "):
+                    items.append(lines[i][2:])
+                else:
+                    items[-1] += " " + lines[i].strip()
+                i += 1
+            blocks.append("<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in items) + "</ul>")
+        elif line.strip():
+            para = []
+            while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "```", "* ")):
+                para.append(lines[i].strip())
+                i += 1
+            blocks.append(f"<p>{_inline(' '.join(para))}</p>")
+        else:
+            i += 1
+    return "\n".join(blocks)
+
+
 def _benchmark_section(root_candidates: Sequence[Path], congealers: Dict[str, Any], images, masks, seed: int) -> Tuple[str, Dict[str, Any]]:
-    """BENCHMARKS.md as preformatted text when it exists; else a quick mask-transfer subset."""
+    """BENCHMARKS.md rendered as HTML when it exists; else a quick mask-transfer subset."""
     for r in root_candidates:
         p = r / "BENCHMARKS.md"
         if p.is_file():
             return (f"<p>From <code>{html.escape(str(p))}</code> (measured by <code>gangealing bench</code>):</p>"
-                    f"<pre>{html.escape(p.read_text())}</pre>"), {"source": str(p)}
+                    f"<div class='bench'>{markdown_to_html(p.read_text())}</div>"), {"source": str(p)}
     pairs = random_pairs([0] * len(images), 200, seed)
     a, b = pairs[:, 0], pairs[:, 1]
     numbers = {"pairs": 200, "no alignment": float(mask_iou(masks[a], masks[b]).mean())}
