@@ -26,21 +26,13 @@ from pathlib import Path
 def bench_speed(preset: str, steps: int, warmup: int, data: str, device: str | None) -> dict:
     import torch
 
+    from gangealing.apps.bench import step_times
     from gangealing.train.gan import GANTrainer, resolve_config
 
     cfg = resolve_config(preset, data=data, iters=10**9, log_every=10**9, sample_every=10**9, ckpt_every=10**9)
     with tempfile.TemporaryDirectory() as tmp:
         t = GANTrainer(cfg, tmp, device=device, show_progress=False, tensorboard=False)
-        times = []
-        for i in range(warmup + steps):
-            if t.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            t.train_step()
-            if t.device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+        times = step_times(t.train_step, steps, warmup=warmup, device=t.device)
     s = statistics.median(times)
     n_g = sum(p.numel() for p in t.G.parameters())
     n_d = sum(p.numel() for p in t.D.parameters())

@@ -98,18 +98,20 @@ def test_hungarian_accuracy():
 
 
 def test_perturbation_ground_truth_and_pck():
+    from gangealing.geometry.coords import apply_affine, invert_affine
+
     g = torch.Generator().manual_seed(0)
     digits = torch.zeros(3, 28, 28, dtype=torch.uint8)
     digits[:, 8:20, 12:16] = 255
     p = B.perturb_digits(digits, 40, g)
     pts = B.stroke_points(digits, 6, g)
     assert (digits[0][pts[0, :, 1].long(), pts[0, :, 0].long()] == 255).all()
-    canvas_pts = B._apply(p.to_canvas, pts)  # (3, 6, 2)
+    canvas_pts = apply_affine(pts, p.to_canvas)  # (3, 6, 2)
     # The canvas is bright where the known transform sends stroke centres.
     grid = ((2 * canvas_pts + 1) / 40 - 1).unsqueeze(1)
     vals = torch.nn.functional.grid_sample(p.images[:, :1], grid, align_corners=False)[:, 0, 0]
     assert (vals > 0.0).float().mean() > 0.9
-    back = B._apply(B._invert_px(p.to_canvas), canvas_pts)
+    back = apply_affine(canvas_pts, invert_affine(p.to_canvas))
     torch.testing.assert_close(back, pts, atol=1e-4, rtol=0)
     vis = torch.ones(3, 6, dtype=torch.bool)
     assert B.pck_at(canvas_pts, canvas_pts, vis, 40, (0.1, 0.05)) == [1.0, 1.0]

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry.coords import norm_to_pixel, pixel_to_norm
+from ..geometry.coords import apply_affine, norm_to_pixel, pixel_to_norm
 
 __all__ = [
     "ModelEntry",
@@ -55,12 +55,17 @@ __all__ = [
     "congealer_mask_transfer",
     "classic_mask_transfer",
     "random_pairs",
+    "animal_test_set",
+    "mnist_test_set",
+    "digits_as_images",
     "Perturbed",
     "perturb_digits",
     "stroke_points",
     "pck_at",
     "BenchConfig",
     "BenchResult",
+    "step_times",
+    "train_throughput",
     "run_bench",
     "write_results",
     "to_markdown",
@@ -298,16 +303,6 @@ def perturb_digits(digits: torch.Tensor, canvas: int, gen: torch.Generator, *, m
     return Perturbed(images=(img * 2 - 1).expand(-1, 3, -1, -1).contiguous(), to_canvas=to_canvas, canvas=canvas)
 
 
-def _apply(m: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-    """Pixel affine maps ``(N, 2, 3)`` on points ``(N, K, 2)``."""
-    return pts @ m[:, :, :2].transpose(1, 2) + m[:, :, 2].unsqueeze(1)
-
-
-def _invert_px(m: torch.Tensor) -> torch.Tensor:
-    inv = torch.linalg.inv(m[:, :, :2])
-    return torch.cat([inv, -(inv @ m[:, :, 2:])], 2)
-
-
 def stroke_points(digits: torch.Tensor, k: int, gen: torch.Generator, threshold: int = 128) -> torch.Tensor:
     """``k`` random stroke pixels ``(N, k, 2)`` (x, y) per digit ``(N, H, W)`` uint8 (with replacement if few)."""
     out = []
@@ -372,21 +367,31 @@ class BenchResult:
     seconds: float = 0.0
 
 
-def _animal_test(cls: str):
+def animal_test_set(name: str) -> Tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Held-out silhouettes of an embedded ``animals[:class]`` name: images ``(N, 3, 28, 28)`` in
+    [-1, 1], masks ``(N, 28, 28)`` bool (pixels >= 128) and labels ``(N,)``."""
     from ..data.embedded import load_embedded
     from ..data.images import to_tensor
 
-    d = load_embedded(f"animals:{cls}", "test")
-    images = to_tensor(d.images).expand(-1, 3, -1, -1).contiguous()  # (N, 3, 28, 28)
-    masks = torch.from_numpy(d.images[..., 0] >= 128)  # (N, 28, 28)
-    return images, masks
+    d = load_embedded(name, "test")
+    images = to_tensor(d.images).expand(-1, 3, -1, -1).contiguous()
+    masks = torch.from_numpy(d.images[..., 0] >= 128)
+    return images, masks, d.labels
 
 
-def _mnist_test(classes: Optional[Sequence[str]] = None):
+def mnist_test_set(classes: Optional[Sequence[str]] = None) -> Tuple[torch.Tensor, np.ndarray]:
+    """MNIST test digits ``(N, 28, 28)`` uint8 (of ``classes``, default all) and their labels."""
     from ..data.embedded import load_embedded
 
     d = load_embedded("mnist", "test", classes=classes)
     return torch.from_numpy(d.images[..., 0].copy()), d.labels
+
+
+def digits_as_images(digits: torch.Tensor) -> torch.Tensor:
+    """uint8 digits ``(N, H, W)`` -> the models' input ``(N, 3, H, W)`` in [-1, 1]."""
+    from ..data.images import to_tensor
+
+    return to_tensor(digits.numpy()[..., None]).expand(-1, 3, -1, -1)
 
 
 def _classic(images: torch.Tensor):
@@ -396,7 +401,7 @@ def _classic(images: torch.Tensor):
 
 
 def _mask_rows(cls: str, cfg: BenchConfig, congealers: Dict[str, Any], tick) -> List[Dict[str, Any]]:
-    images, masks = _animal_test(cls)
+    images, masks, _ = animal_test_set(f"animals:{cls}")
     pairs = random_pairs(np.zeros(len(images), dtype=np.int64), cfg.pairs, cfg.seed)
     a, b = pairs[:, 0], pairs[:, 1]
     rows = [dict(dataset=f"animals:{cls} (test)", method="no alignment", pairs=len(pairs),
@@ -420,17 +425,17 @@ def _mask_rows(cls: str, cfg: BenchConfig, congealers: Dict[str, Any], tick) -> 
 
 def _pck_rows(cfg: BenchConfig, digit: str, congealers: Dict[str, Any], tick) -> List[Dict[str, Any]]:
     g = torch.Generator().manual_seed(cfg.seed)
-    digits, _ = _mnist_test([digit])
+    digits, _ = mnist_test_set([digit])
     digits = digits[: cfg.mnist_digits]
     n = digits.size(0)
     c1 = perturb_digits(digits, cfg.canvas, g)
     c2 = perturb_digits(digits, cfg.canvas, g)
     other = torch.roll(torch.arange(n), 1)  # digit i -> digit i-1: a different digit of the class
     pts_d = stroke_points(digits, cfg.points, g)  # (N, P, 2) in digit pixels
-    src = _apply(c1.to_canvas, pts_d)  # points in copy 1 of digit i
+    src = apply_affine(pts_d, c1.to_canvas)  # points in copy 1 of digit i
     tasks = {
-        "same digit, two perturbations": (c1.images, c2.images, _apply(c2.to_canvas, pts_d)),
-        "different digits, one class": (c1.images, c2.images[other], _apply(c2.to_canvas[other], pts_d)),
+        "same digit, two perturbations": (c1.images, c2.images, apply_affine(pts_d, c2.to_canvas)),
+        "different digits, one class": (c1.images, c2.images[other], apply_affine(pts_d, c2.to_canvas[other])),
     }
     inside = lambda p: ((p >= -0.5) & (p <= cfg.canvas - 0.5)).all(-1)  # noqa: E731
     name_ds = f"mnist:{digit} (test, {cfg.canvas} px canvas)"
@@ -471,9 +476,9 @@ def _pck_rows(cfg: BenchConfig, digit: str, congealers: Dict[str, Any], tick) ->
 
 
 def _cluster_rows(cfg: BenchConfig, name: str, c, batch: int = 500) -> Dict[str, Any]:
-    digits, labels = _mnist_test()
+    digits, labels = mnist_test_set()
     digits, labels = digits[: cfg.cluster_images], labels[: cfg.cluster_images]
-    images = digits.float().div(127.5).sub(1).unsqueeze(1).expand(-1, 3, -1, -1)
+    images = digits_as_images(digits)
     preds = []
     with torch.no_grad():
         for s in range(0, len(images), batch):
@@ -497,13 +502,20 @@ def _throughput(name: str, c, images: torch.Tensor, batch: int = 100) -> Dict[st
                 images_per_s=len(images) / dt)
 
 
-def _timed_steps(step: Callable[[], Any], steps: int) -> float:
-    """Seconds per call of ``step`` over ``steps`` calls after one warm-up call."""
-    step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+def step_times(step: Callable[[], Any], steps: int, warmup: int = 1,
+               device: Union[str, torch.device] = "cpu") -> List[float]:
+    """Seconds of each of ``steps`` calls of ``step`` after ``warmup`` untimed calls (CUDA work is
+    waited for, so GPU times are real)."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    times = []
+    for i in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
         step()
-    return (time.perf_counter() - t0) / steps
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
 
 
 def train_throughput(cfg: BenchConfig, device: str = "cpu", root=None) -> List[Dict[str, Any]]:
@@ -524,7 +536,7 @@ def train_throughput(cfg: BenchConfig, device: str = "cpu", root=None) -> List[D
             gcfg = resolve_config(preset, data="animals:cat", sample_every=10 ** 9, ckpt_every=10 ** 9, seed=cfg.seed)
             tr = GANTrainer(gcfg, Path(tmp) / f"gan-{preset}", dist_info=DistInfo(device=dev), show_progress=False,
                             tensorboard=False)
-            sec = _timed_steps(tr.train_step, steps)
+            sec = sum(step_times(tr.train_step, steps, device=dev)) / steps
             rows.append(dict(what="train-gan", preset=preset, size=gcfg.size, batch=gcfg.batch, steps=steps,
                              s_per_step=sec, images_per_s=gcfg.batch / sec, device=str(dev),
                              threads=torch.get_num_threads()))
@@ -535,7 +547,7 @@ def train_throughput(cfg: BenchConfig, device: str = "cpu", root=None) -> List[D
                 tcfg = get_preset(preset, pca_samples=5000, kmeans_candidates=200, seed=cfg.seed)
                 tr = GANgealingTrainer(tcfg, gen, Path(tmp) / f"gg-{preset}", dist=DistInfo(device=dev),
                                        tensorboard=False, show_progress=False)
-                sec = _timed_steps(tr.train_step, steps)
+                sec = sum(step_times(tr.train_step, steps, device=dev)) / steps
                 rows.append(dict(what="train", preset=preset, size=gen.size, batch=tcfg.batch, heads=tcfg.num_heads,
                                  flips=tcfg.flips, steps=steps, s_per_step=sec, images_per_s=tcfg.batch / sec,
                                  device=str(dev), threads=torch.get_num_threads()))
@@ -586,10 +598,9 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
         tick()
         for n, c in congealers.items():
             if MODELS[n].dataset == "animals":
-                imgs = _animal_test(MODELS[n].classes[0])[0]
+                imgs = animal_test_set(f"animals:{MODELS[n].classes[0]}")[0]
             else:
-                digits_t, _ = _mnist_test()
-                imgs = digits_t[:cfg.throughput_images].float().div(127.5).sub(1).unsqueeze(1).expand(-1, 3, -1, -1)
+                imgs = digits_as_images(mnist_test_set()[0][: cfg.throughput_images])
             reps = math.ceil(cfg.throughput_images / len(imgs))
             res.throughput.append(_throughput(n, c, torch.cat([imgs] * reps)[: cfg.throughput_images].contiguous()))
             tick()

@@ -24,7 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .bench import MODELS, available_models, congealer_mask_transfer, mask_iou, random_pairs
+from .bench import (MODELS, animal_test_set, available_models, congealer_mask_transfer, digits_as_images, mask_iou,
+                    mnist_test_set, random_pairs)
 
 __all__ = ["DemoResult", "make_hat_edit", "correspondence_colours", "run_demo", "FromScratchResult", "run_from_scratch"]
 
@@ -167,14 +168,14 @@ def _digit_section(name: str, c, fig: Callable[..., str], num_images: int, displ
     """The HTML of one MNIST model: the clusters of a clustering model (test digits routed by its
     classifier), or, for a one-digit model, held-out digits under random similarities (rotation up
     to 45 degrees, scale 0.7-1.3, shifts up to 15%, the benchmark's) before and after alignment."""
-    from .bench import _mnist_test, perturb_digits
+    from .bench import perturb_digits
 
     label = MODELS[name].label
     parts: List[str] = []
     if c.num_clusters > 1:
-        digits, labels = _mnist_test()
+        digits, labels = mnist_test_set()
         digits, labels = digits[:1000], labels[:1000]
-        images = digits.float().div(127.5).sub(1).unsqueeze(1).expand(-1, 3, -1, -1)
+        images = digits_as_images(digits)
         res = c.align(images, output_resolution=display)
         cl = res.cluster.cpu()
         for k in range(c.num_clusters):
@@ -192,7 +193,7 @@ def _digit_section(name: str, c, fig: Callable[..., str], num_images: int, displ
                  "clusters, each congealed by its own head.</p>")
     else:
         digit = MODELS[name].classes[0]
-        digits, _ = _mnist_test([digit])
+        digits, _ = mnist_test_set([digit])
         pert = perturb_digits(digits[:num_images], 40, torch.Generator().manual_seed(seed))
         big = _upscale(pert.images, display)
         res = c.align(big, output_resolution=display)
@@ -216,8 +217,6 @@ def run_demo(out: Union[str, Path] = "gangealing-demo", *, num_images: int = 24,
     """
     from tqdm import tqdm
 
-    from ..data.embedded import load_embedded
-    from ..data.images import to_tensor
     from ..predictor import Congealer
 
     t0 = time.time()
@@ -230,9 +229,7 @@ def run_demo(out: Union[str, Path] = "gangealing-demo", *, num_images: int = 24,
     if not found:
         raise FileNotFoundError(f"none of the demo models is here ({', '.join(MODELS[n].path for n in names)}); "
                                 "run the demo from the repository root, or use --from-scratch")
-    data = load_embedded("animals:cat", "test")
-    all_images = to_tensor(data.images).expand(-1, 3, -1, -1).contiguous()  # (100, 3, 28, 28)
-    all_masks = torch.from_numpy(data.images[..., 0] >= 128)
+    all_images, all_masks, _ = animal_test_set("animals:cat")  # (100, 3, 28, 28), (100, 28, 28)
     images = all_images[:num_images]
     big = _upscale(images, display)  # (N, 3, D, D): the same images, for sharp pictures
     written: List[Path] = []
@@ -275,13 +272,12 @@ def run_demo(out: Union[str, Path] = "gangealing-demo", *, num_images: int = 24,
             fg = ((big.mean(1, keepdim=True) + 1) / 2).clamp(0, 1)  # foreground weight (N, 1, D, D)
             coloured = fg * carried.images + (1 - fg) * big
             frame_fg = ((avg_img.mean(0, keepdim=True) + 1) / 2).clamp(0, 1)
-            parts.append(fig((frame_fg * colours + (1 - frame_fg) * avg_img).unsqueeze(0),
-                             f"{name}_correspondence_template.png", "colour code of the congealed frame"))
+            tmpl = (frame_fg * colours + (1 - frame_fg) * avg_img).unsqueeze(0)
+            parts.append(fig(tmpl, f"{name}_correspondence_template.png", "colour code of the congealed frame"))
             parts.append(fig(coloured, f"{name}_correspondences.png",
                              "dense correspondences: the same colour marks the same congealed position", 8))
             if len(congealers) == 1:  # the first model also gives the one-picture summary (README picture)
                 k = min(7, num_images)
-                tmpl = (frame_fg * colours + (1 - frame_fg) * avg_img).unsqueeze(0)
                 summary = torch.cat([big[:1] * 0 + avg_all, big[:k], shown.unsqueeze(0), prop.images[:k],
                                      tmpl, coloured[:k]])
                 parts.insert(0, fig(summary, "summary.png", "summary: average; inputs / the edit drawn once, "
@@ -352,8 +348,8 @@ def run_from_scratch(out: Union[str, Path], *, minutes: float = 10.0, data: str 
 
     Half the budget trains the GAN (``train-gan --max-seconds``); its Fréchet distance
     (:mod:`gangealing.metrics.fid`, ``fd_samples`` samples against the training images) follows;
-    GANgealing gets what is left up to a small reserve (steps planned from a timed first step,
-    stopped by the clock if the plan was optimistic), and the reserve measures the mask-transfer IoU
+    GANgealing gets what is left up to a small reserve (steps planned from a probe trainer's timed
+    set-up and one timed step after a warm-up, stopped by the clock if the plan was optimistic), and the reserve measures the mask-transfer IoU
     of ``pairs`` random same-class test pairs (animal data) before and after alignment.
     """
     from ..predictor import Congealer
@@ -404,13 +400,8 @@ def run_from_scratch(out: Union[str, Path], *, minutes: float = 10.0, data: str 
 
     iou_u = iou_c = float("nan")
     if data.startswith("animals"):
-        from ..data.embedded import load_embedded
-        from ..data.images import to_tensor
-
-        d = load_embedded(data, "test")
-        images = to_tensor(d.images).expand(-1, 3, -1, -1).contiguous()
-        masks = torch.from_numpy(d.images[..., 0] >= 128)
-        pr = random_pairs(d.labels, pairs, seed)
+        images, masks, labels = animal_test_set(data)
+        pr = random_pairs(labels, pairs, seed)
         c = Congealer.from_checkpoint(model_path, device=device)
         iou_u = float(mask_iou(masks[pr[:, 0]], masks[pr[:, 1]]).mean())
         iou_c = float(mask_iou(congealer_mask_transfer(c, images, masks, pr), masks[pr[:, 1]]).mean())

@@ -116,11 +116,11 @@ def classic_congeal(images: torch.Tensor, cfg: ClassicCongealingConfig = Classic
     history.append(float(_entropy(hist)))
     best_value, best_params, initial_steps = history[0], params, steps.clone()
     for _ in range(cfg.iters):
+        cand = (params.unsqueeze(1) + moves * steps).clamp(-limits, limits)  # (N, 9, 4)
         cost = torch.empty(n, 9, device=images.device, dtype=images.dtype)
         for s in range(0, n, cfg.chunk):
-            p = params[s : s + cfg.chunk]  # (c, 4)
-            cand = (p.unsqueeze(1) + moves * steps).clamp(-limits, limits)  # (c, 9, 4)
-            rendered = _render(unit[s : s + cfg.chunk].repeat_interleave(9, 0), cand.flatten(0, 1), cfg.padding_mode)
+            c = cand[s : s + cfg.chunk]  # (c, 9, 4)
+            rendered = _render(unit[s : s + cfg.chunk].repeat_interleave(9, 0), c.flatten(0, 1), cfg.padding_mode)
             delta = _soft_bins(rendered.view(-1, 9, rendered.size(-1)), cfg.bins) - _soft_bins(current[s : s + cfg.chunk], cfg.bins).unsqueeze(1)
             cost[s : s + cfg.chunk] = _entropy(hist + delta / n)  # (c, 9): the stack's entropy if only this image moved
         # Judge each move against the same move made by every image: the mean transform is pinned
@@ -130,8 +130,7 @@ def classic_congeal(images: torch.Tensor, cfg: ClassicCongealingConfig = Classic
         gain = cost - cost[:, :1]  # (N, 9), 0 for staying
         relative = gain - gain.mean(0, keepdim=True)
         relative[:, 0] = 0.0
-        cand_all = (params.unsqueeze(1) + moves * steps).clamp(-limits, limits)  # (N, 9, 4)
-        new_params = cand_all[torch.arange(n, device=images.device), relative.argmin(1)]
+        new_params = cand[torch.arange(n, device=images.device), relative.argmin(1)]
         # Keep the mean transform at the identity: only the relative alignment is defined.
         new_params = new_params - new_params.mean(0, keepdim=True)
         rendered = _render(unit, new_params, cfg.padding_mode)
