@@ -149,7 +149,10 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def hungarian_accuracy(pred: Union[np.ndarray, torch.Tensor], labels: Union[np.ndarray, torch.Tensor]) -> float:
     """Clustering accuracy: the fraction of items right under the best one-to-one cluster -> label map."""
-    from scipy.optimize import linear_sum_assignment
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError as e:  # scipy is optional: only this measure needs it
+        raise ImportError("the clustering accuracy needs scipy: pip install 'gangealing[bench]' (or scipy)") from e
 
     pred, labels = np.asarray(pred).astype(np.int64), np.asarray(labels).astype(np.int64)
     if pred.shape != labels.shape or pred.size == 0:
