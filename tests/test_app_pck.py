@@ -127,3 +127,18 @@ def test_command(spair, tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(out / "transfers.png").size == (64, 64)  # 2 pairs x 32 px, source row over target row
+
+
+@pytest.mark.parametrize("flag, expected", [([], 32), (["--input-size", "16"], 16)])
+def test_command_feeds_the_transformer_at_the_dataset_size(spair, tmp_path, capsys, flag, expected):
+    # The original's pck.py builds the transformer for the evaluation's --real_size (the dataset's
+    # 32 px here), whatever size the model was trained at (16 px here).
+    torch.manual_seed(0)
+    stn = build("stn", STNConfig(transforms=("similarity",), flow_size=16, input_size=16, channel_multiplier=0.125,
+                                 max_channels=32))
+    ckpt = save_checkpoint(make_checkpoint("model", {"stn": stn}), tmp_path / "at16.pt")
+    out = tmp_path / "res"
+    assert main(["pck", str(spair.path), "--ckpt", str(ckpt), "--bootstrap", "0", "--vis", "0", "--out", str(out),
+                 "--device", "cpu", *flag]) == 0
+    assert f"input size {expected}" in capsys.readouterr().out
+    assert json.loads((out / "pck.json").read_text())["input_size"] == expected

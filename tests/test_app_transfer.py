@@ -74,3 +74,22 @@ def test_transfer_reports_bad_points_file(setup, capsys):
     assert main(["transfer", str(d / "a.png"), str(d / "b.png"), "--points", str(d / "bad.json"), "--out",
                  str(d / "o"), "--ckpt", str(ckpt), "--device", "cpu"]) == 1
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_legacy_flag_gives_the_predictors_legacy_points(setup):
+    from gangealing.data.images import read_image, to_tensor
+    from gangealing.predictor import Congealer
+
+    d, ckpt = setup
+    for flags, legacy in (([], False), (["--legacy"], True)):
+        assert main(["transfer", str(d / "a.png"), str(d / "b.png"), "--points", str(d / "a.json"), "--out",
+                     str(d / f"t{legacy}"), "--ckpt", str(ckpt), "--device", "cpu", "--input-size", "32", *flags]) == 0
+        got = json.loads((d / f"t{legacy}" / "b_points.json").read_text())["points"]
+        a, b = (to_tensor(read_image(d / n, "RGB"))[None] for n in ("a.png", "b.png"))
+        pts = torch.tensor([[[3.0, 5.0], [10.0, 0.0], [15.0, 15.0]]])
+        c = Congealer.from_checkpoint(ckpt, device="cpu", input_size=32)
+        want = c.transfer_points(a, b, pts, legacy=legacy)[0]
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-3)
+    legacy_pts = json.loads((d / "tTrue" / "b_points.json").read_text())["points"]
+    standard = json.loads((d / "tFalse" / "b_points.json").read_text())["points"]
+    assert not np.allclose(legacy_pts, standard, atol=1e-3)  # legacy's normalisation mixes 16 and 32 px frames

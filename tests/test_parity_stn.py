@@ -168,3 +168,43 @@ def test_mipmap(inputs, aa_out, case):
     close(res.levels_map, ref["levels_map"])
     if "bilinear_no_aa" in ref:
         close(warp(src, ref["grid"], padding_mode=padding), ref["bilinear_no_aa"])
+
+
+@torch.no_grad()
+def test_checkpoint_trained_smaller_evaluated_at_the_original_input_size(stn_dir, inputs, fwd_out, aa_out, tmp_path):
+    """The original evaluates with the transformer built for the evaluation's --real_size. A checkpoint
+    whose transformer was built at 64 (= flow_size), loaded with input_size=128, gives the tensors of
+    the fixture's transformer built at 128 with the same weights (issue 12)."""
+    from dataclasses import replace
+
+    from gangealing.build import make_checkpoint
+    from gangealing.checkpoint import save_checkpoint
+    from gangealing.predictor import Congealer
+
+    small = SpatialTransformer(replace(CFG, input_size=64)).eval()
+    small.load_state_dict({k: v for k, v in torch.load(stn_dir / "stn.pt").items() if "input_downsample.kernel_" not in k})
+    path = save_checkpoint(make_checkpoint("model", {"stn": small}), tmp_path / "trained_at_64.pt")
+    x, xb, pts = inputs["x"], inputs["xB"], inputs["pointsA"]
+
+    c = Congealer.from_checkpoint(path, device="cpu", flip=False, input_size=128)
+    assert c.input_size == 128 and c.stn.cfg.input_size == 128
+    res = c.align(x, output_resolution=128)
+    ref = fwd_out["fwd"]
+    close(res.matrix, ref["sim_matrix"])
+    close(res.flow, ref["flow"])
+    close(res.grid, ref["grid"])
+    close(res.images, ref["out"])
+    moved = c.transfer_points(x, xb, pts, legacy=True)
+    torch.testing.assert_close(moved, aa_out["points"]["transfer"], atol=1e-3, rtol=0)
+
+    # At the size it was trained at, the 128 px images are first resized to 64: other numbers.
+    trained = Congealer.from_checkpoint(path, device="cpu", flip=False)
+    assert trained.input_size == 64
+    assert (trained.transfer_points(x, xb, pts, legacy=True) - aa_out["points"]["transfer"]).abs().max() > 0.1
+
+
+def test_input_size_must_be_a_multiple_of_the_flow_size(stn):
+    from gangealing.predictor import Congealer
+
+    with pytest.raises(ValueError, match="input size 100 must be a multiple of the model's flow size 64"):
+        Congealer(stn, device="cpu").with_input_size(100)

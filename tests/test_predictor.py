@@ -156,6 +156,30 @@ def test_clustered_checkpoint_without_classifier_fails_clearly():
     assert res.cluster.tolist() == [0, 0]
 
 
+def test_cluster_out_of_range_is_refused():
+    stn, clf = clustered()
+    c = Congealer(stn, clf, device="cpu")
+    for bad in (2, -1, torch.tensor([0, 5])):
+        with pytest.raises(ValueError, match="this model has 2 clusters"):
+            c.align(images(2, 16, 16), cluster=bad)
+
+
+def test_with_input_size_rebuilds_transformer_and_classifier_with_the_same_weights():
+    stn, clf = clustered(classifier_target=3)
+    c = Congealer(stn, clf, device="cpu")
+    big = c.with_input_size(32)
+    assert big.input_size == 32 and big.classifier.cfg.input_size == 32 and c.input_size == 16
+    for a, b in ((c.stn, big.stn), (c.classifier, big.classifier)):
+        assert a.state_dict().keys() == b.state_dict().keys()
+        assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    x = images(2, 32, 32)  # fed directly: the downsampler goes 32 -> 16 in one tent filter
+    res = big.align(x, output_resolution=16)
+    assert res.cluster.tolist() == [1, 1] and res.frame.is_identity
+    ref = stn(x.flip(3), heads=torch.ones(2, dtype=torch.long), output_resolution=16)
+    torch.testing.assert_close(res.images, ref.images)
+    assert c.with_input_size(16) is c
+
+
 # -- key points ----------------------------------------------------------------------------------
 
 

@@ -95,6 +95,21 @@ def test_points_transfer_between_images_and_average(client):
     np.testing.assert_allclose(back["images"], [[3.0, 10.0], [6.5, 20.5]], atol=1e-3)
 
 
+@pytest.mark.parametrize("change, words", [
+    ('"x": NaN', "finite numbers"), ('"x": 1e309', "finite numbers"), ('"y": Infinity', "finite numbers"),
+    ('"x": true', "finite numbers"), ('"x": "3"', "finite numbers"),
+    ('"source": true', "whole number"), ('"source": 0.5', "whole number"), ('"source": "0"', "whole number"),
+])
+def test_points_refuse_what_is_not_a_finite_number_or_an_index(client, change, words):
+    key = upload(client, [np.zeros((16, 16, 3), np.uint8)]).get_json()["set"]
+    fields = {"set": f'"{key}"', "source": "0", "x": "3.0", "y": "10.0"}
+    name, value = change.split(": ", 1)
+    fields[name.strip('"')] = value
+    body = "{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}"  # raw: json.dumps cannot write 1e309
+    r = client.post("/api/points", data=body, content_type="application/json")
+    assert r.status_code == 400 and words in json.loads(r.data)["error"]
+
+
 def test_demo_set_is_available(client):
     body = client.get("/api/sets/demo").get_json()
     assert [im["width"] for im in body["images"]] == [24, 24]

@@ -25,7 +25,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
@@ -104,11 +104,44 @@ def describe_foreign(obj: Any) -> str:
     return f"a dict with keys [{shown}{', ...' if len(keys) > 8 else ''}]"
 
 
+# First bytes of files people pass by mistake, to say what a file is instead.
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"{", "a JSON / text file"))
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def not_a_checkpoint(path: Path, error: Optional[BaseException] = None) -> Optional[str]:
+    """Why ``path`` cannot be a torch checkpoint at all (empty, truncated, another kind of file), or
+    None when it is a well-formed torch file (that may need code to unpickle). ``error``: what
+    ``torch.load`` raised, if it was tried."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes), not a checkpoint"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    truncated = f"is truncated or corrupt ({size} bytes); copy or download it again"
+    if head.startswith(b"PK\x03\x04"):  # torch's zip format
+        if not zipfile.is_zipfile(path) or isinstance(error, (RuntimeError, zipfile.BadZipFile, EOFError)):
+            return truncated
+        return None
+    if head[:1] == b"\x80":  # a pickle: torch's legacy format
+        return truncated if isinstance(error, EOFError) else None
+    kind = next((what for magic, what in _MAGIC if head.startswith(magic)), "an unknown kind of file")
+    return f"is not a checkpoint: it looks like {kind}"
+
+
 def _torch_load(path: Path, map_location: Any) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except _LOAD_ERRORS as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        why = not_a_checkpoint(path, e)
+        if why:
+            raise CheckpointError(f"{path}: {why}") from e
+        msg = _first_line(e)
         hint = ""
         if "Namespace" in str(e):
             hint = (" It holds an argparse Namespace, as original GANgealing and rosinality checkpoints do:"
@@ -162,9 +195,12 @@ def read_any(path: PathLike, map_location: Any = "cpu", trust_pickle: bool = Fal
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except _LOAD_ERRORS as e:
+        why = not_a_checkpoint(path, e)
+        if why:
+            raise CheckpointError(f"{path}: {why}") from e
         if not trust_pickle:
             raise CheckpointError(
-                f"{path}: cannot be read without running code from the file ({str(e).splitlines()[0]}). "
+                f"{path}: cannot be read without running code from the file ({_first_line(e)}). "
                 "Pass --trust-pickle (Python: trust_pickle=True) only if you trust where it came from."
             ) from e
     return torch.load(path, map_location=map_location, weights_only=False)

@@ -1,6 +1,7 @@
 """Atomic file writes: a reader (or a killed process) sees the old file or the new one, never half."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -13,7 +14,8 @@ def atomic_write(path: PathLike, write: Callable[[IO], None], binary: bool = Tru
     """Call ``write(f)`` on a temporary file next to ``path``, then move it into place.
 
     The temporary file gets the permissions of an ordinary new file (``mkstemp`` makes it 0600)
-    and is removed if ``write`` fails or the process is interrupted.
+    and is removed if ``write`` fails or the process is interrupted; a full disk raises an
+    ``OSError`` (``ENOSPC``) that names ``path``, and leaves the previous file intact.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,8 +29,32 @@ def atomic_write(path: PathLike, write: Callable[[IO], None], binary: bool = Tru
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename is None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e  # name the file
         raise
     return path
+
+
+def check_output_folder(path: PathLike) -> Path:
+    """``path`` as a folder to write into; a ``ValueError`` when it is a file or lies under one
+    (``/dev/null/out``), before any work is done."""
+    p = Path(path)
+    probe = p
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is a file" if probe == p else f"lies under {probe}, which is not a folder"
+        raise ValueError(f"output folder {path} {where}; choose a folder for the outputs")
+    return p
+
+
+def check_output_file(path: PathLike) -> Path:
+    """``path`` as a file to write; a ``ValueError`` when it is a folder or its folder cannot exist."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"output {path} is a folder; give a file name")
+    check_output_folder(p.parent)
+    return p

@@ -228,12 +228,14 @@ class Congealer:
     @classmethod
     def from_checkpoint(cls, source: Union[str, os.PathLike, Checkpoint], *, device: Device = None,
                         iters: Optional[int] = None, padding_mode: Optional[str] = None, flip: Optional[bool] = None,
-                        output_resolution: Optional[int] = None) -> "Congealer":
+                        output_resolution: Optional[int] = None, input_size: Optional[int] = None) -> "Congealer":
         """Load a model from a path (ours or any format :func:`gangealing.io.import_checkpoint` reads),
         a :class:`Checkpoint`, or a released model name (:mod:`gangealing.pretrained`).
 
         The checkpoint's test-time settings (``meta["test"]``: ``iters``, ``padding_mode``, ``flip``)
         apply unless given here. ``device`` defaults to the first GPU when there is one, else CPU.
+        ``input_size``: feed the transformer at this size instead of the one it was trained at (see
+        :meth:`with_input_size`).
         """
         from .build import load_model
         from .pretrained import resolve_checkpoint
@@ -242,7 +244,7 @@ class Congealer:
         dev = torch.device(device) if device is not None else default_device()
         model = load_model(ckpt, device=dev, with_generator=False)
         test = dict(ckpt.meta.get("test") or {})
-        return cls(
+        congealer = cls(
             model.stn,
             model.classifier,
             iters=int(iters if iters is not None else test.get("iters", 1)),
@@ -252,6 +254,38 @@ class Congealer:
             device=dev,
             meta=ckpt.meta,
         )
+        return congealer if input_size is None else congealer.with_input_size(input_size)
+
+    def with_input_size(self, size: int) -> "Congealer":
+        """This model with its transformer (and cluster classifier) built for ``size`` pixel inputs,
+        the original's ``--real_size``; the same weights, on the same device.
+
+        Only the input downsampling to ``flow_size`` depends on the input size, so the weights fit
+        any multiple of ``flow_size``. Images are then prepared to ``size`` (:class:`InputFrame`)
+        and the legacy key-point normalisation uses ``S = size``: the original's ``pck.py`` builds
+        the transformer for the evaluation's 256 px images, whatever size it was trained at.
+        """
+        from dataclasses import replace
+
+        from .build import build
+
+        size, f = int(size), self.flow_size
+        if size == self.input_size:
+            return self
+        if size < f or size % f:
+            raise ValueError(f"input size {size} must be a multiple of the model's flow size {f} "
+                             f"(e.g. {f}, {2 * f} or {4 * f})")
+
+        def rebuilt(name: str, module: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
+            if module is None:
+                return None
+            new = build(name, replace(module.cfg, input_size=size))
+            new.load_state_dict(module.state_dict())
+            return new.to(self.device).eval()
+
+        return Congealer(rebuilt("stn", self.stn), rebuilt("classifier", self.classifier), iters=self.iters,
+                         padding_mode=self.padding_mode, flip=self.flip, output_resolution=self.output_resolution,
+                         device=self.device, meta=self.meta)
 
     # -- properties --------------------------------------------------------------------------
 
@@ -286,6 +320,17 @@ class Congealer:
                 "cannot be routed to a cluster; train one with `gangealing train-classifier` (or use a checkpoint "
                 "that includes it), or pick a cluster explicitly (cluster=K / --cluster K)")
 
+    def check_cluster(self, cluster: Union[int, torch.Tensor, None]) -> None:
+        """Raise a ``ValueError`` naming the valid range when ``cluster`` is not one of this model's."""
+        if cluster is None:
+            return
+        k = self.num_clusters
+        values = torch.as_tensor(cluster)
+        if values.is_floating_point() or values.dtype == torch.bool or ((values < 0) | (values >= k)).any():
+            shown = cluster if not isinstance(cluster, torch.Tensor) else cluster.tolist()
+            raise ValueError(f"cluster {shown} does not exist: this model has {k} cluster{'s' if k > 1 else ''} "
+                             f"(0..{k - 1})")
+
     def frame(self, height: int, width: int) -> InputFrame:
         """The :class:`InputFrame` of an original ``height x width`` image."""
         return InputFrame.for_image(int(height), int(width), self.input_size)
@@ -310,6 +355,7 @@ class Congealer:
         """
         n = x.size(0)
         no_flip = torch.zeros(n, dtype=torch.bool, device=x.device)
+        self.check_cluster(cluster)
         if self.num_clusters == 1:
             return None, no_flip
         if cluster is not None:

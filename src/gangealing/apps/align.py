@@ -51,7 +51,11 @@ class AlignSummary:
 
 
 def check_output_dir(out_dir: os.PathLike, inputs: Sequence[os.PathLike]) -> Path:
-    """Refuse an output folder that is, or lies inside, an input folder (inputs stay untouched)."""
+    """Refuse an output folder that is, or lies inside, an input folder (inputs stay untouched), or
+    that is not a folder at all (a file, or a path under one)."""
+    from ..fileio import check_output_folder
+
+    check_output_folder(out_dir)
     out = Path(os.path.realpath(out_dir))
     for item in inputs:
         p = Path(str(item)).expanduser()
@@ -154,6 +158,7 @@ def align_images(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLike,
         raise ValueError(f"grid_units must be one of {GRID_UNITS}, got {grid_units!r}")
     if cluster is None:
         congealer.require_routing()
+    congealer.check_cluster(cluster)
     out_dir = check_output_dir(out_dir, inputs)
     paths = list_images(inputs)
     protected = [str(p) for p in paths]

@@ -172,6 +172,8 @@ def curate_dataset(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLik
     from ..geometry.similarity import affine_grid
     from ..geometry.warp import warp
 
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1] (the share of images kept), got {fraction}")
     congealer.require_routing()
     if congealer.stn.similarity is None:
         raise ValueError("curation applies the similarity part of the warp; this model has no similarity stage")

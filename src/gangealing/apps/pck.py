@@ -58,6 +58,7 @@ class PCKReport:
     flip_inference: bool
     legacy: bool
     result: Optional[PCKResult] = None  # per-pair counts (rank 0 has all pairs)
+    input_size: Optional[int] = None  # the side the transformer was fed at
 
     def format(self) -> str:
         """``PCK-Transfer@0.1: 61.23% (+- 0.41)`` per alpha, one line."""
@@ -152,7 +153,7 @@ def evaluate_pck(congealer, dataset: Union[KeypointDataset, str, os.PathLike], *
     return PCKReport(
         dataset=str(data.meta.get("dataset")), category=data.meta.get("category"), alphas=result.alphas,
         pck=tuple(pck.tolist()), std=std, num_pairs=int(visible.numel()), both_ways=both, flip_inference=flip,
-        legacy=legacy, result=result,
+        legacy=legacy, result=result, input_size=congealer.input_size,
     )
 
 

@@ -48,6 +48,25 @@ class KeyPoints:
         return out
 
 
+def check_finite_points(points: torch.Tensor) -> None:
+    """A ``ValueError`` naming the first point that is NaN or infinite (``(P, 2)`` pixels)."""
+    bad = (~torch.isfinite(points)).any(dim=-1).nonzero()
+    if bad.numel():
+        k = int(bad[0, 0])
+        raise ValueError(f"key point {k} is {points[k].tolist()}: coordinates must be finite numbers (pixels)")
+
+
+def check_permutation(permutation: Sequence[int], n: int, what: str = "permutation") -> None:
+    """A ``ValueError`` unless ``permutation`` reorders ``0..n-1`` (each index exactly once)."""
+    try:
+        ok = sorted(int(i) for i in permutation) == list(range(n))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{what} must list each of 0..{n - 1} exactly once (one entry per key point), "
+                         f"got {list(permutation)}")
+
+
 def parse_keypoints(obj: Any) -> KeyPoints:
     """Key points from parsed JSON (any of the accepted forms; see the module docstring)."""
     names = visible = permutation = None
@@ -68,12 +87,13 @@ def parse_keypoints(obj: Any) -> KeyPoints:
         pts = torch.tensor([[float(p[0]), float(p[1])] for p in obj], dtype=torch.float32)
     except (TypeError, IndexError, KeyError, ValueError):
         raise ValueError("each key point must be [x, y] numbers (pixels)") from None
+    check_finite_points(pts)
     n = pts.size(0)
     for what, v in (("names", names), ("visible", visible)):
         if v is not None and len(v) != n:
             raise ValueError(f"'{what}' has {len(v)} entries for {n} points")
-    if permutation is not None and sorted(int(i) for i in permutation) != list(range(n)):
-        raise ValueError(f"'permutation' must be a permutation of 0..{n - 1}")
+    if permutation is not None:
+        check_permutation(permutation, n, "'permutation'")
     return KeyPoints(pts, None if names is None else [str(s) for s in names],
                      None if visible is None else [bool(v) for v in visible],
                      None if permutation is None else [int(i) for i in permutation])
@@ -137,17 +157,28 @@ class TransferResult:
 
 def transfer_keypoints(congealer, image_a: Union[str, os.PathLike], image_b: Union[str, os.PathLike],
                        keypoints: Union[KeyPoints, os.PathLike, str], out_dir: Optional[os.PathLike] = None, *,
-                       permutation: Optional[Sequence[int]] = None, picture_height: int = 384) -> TransferResult:
-    """Transfer ``keypoints`` of image A to image B; with ``out_dir``, write ``<B>_points.json`` and ``transfer.png``."""
+                       permutation: Optional[Sequence[int]] = None, picture_height: int = 384,
+                       legacy: bool = False) -> TransferResult:
+    """Transfer ``keypoints`` of image A to image B; with ``out_dir``, write ``<B>_points.json`` and ``transfer.png``.
+
+    ``legacy``: the original's key-point normalisation (:meth:`Congealer.transfer_points`), which
+    reproduces its numbers exactly.
+    """
     from ..data.images import read_image, to_tensor
     from .align import image_mode
 
+    from ..fileio import check_output_folder
+
+    if out_dir is not None:
+        check_output_folder(out_dir)
     kp = keypoints if isinstance(keypoints, KeyPoints) else read_keypoints(keypoints)
+    if permutation is not None:
+        check_permutation(permutation, kp.points.size(0), "permutation")
     mode = image_mode(congealer)
     a, b = read_image(image_a, mode), read_image(image_b, mode)
     perm = permutation if permutation is not None else kp.permutation
     moved = congealer.transfer_points(to_tensor(np.array(a))[None], to_tensor(np.array(b))[None], kp.points[None],
-                                     permutation=perm)[0].cpu()
+                                     permutation=perm, legacy=legacy)[0].cpu()
     h, w = b.shape[:2]
     inside = ((moved[:, 0] >= -0.5) & (moved[:, 0] <= w - 0.5) & (moved[:, 1] >= -0.5) & (moved[:, 1] <= h - 0.5)).tolist()
     out_kp = KeyPoints(moved, kp.names, kp.visible, kp.permutation)

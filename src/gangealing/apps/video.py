@@ -95,8 +95,7 @@ class FrameSource:
         """Frame rate of a video file (None for a folder of frames)."""
         if not self.is_video:
             return None
-        av = import_av()
-        with av.open(str(self.path)) as c:
+        with self._open() as c:
             s = c.streams.video[0]
             rate = s.average_rate or s.guessed_rate or s.base_rate
             return float(rate) if rate else None
@@ -107,9 +106,21 @@ class FrameSource:
             self._count = self._count_video() if self.is_video else len(self.paths)
         return self._count
 
-    def _count_video(self) -> int:
+    def _open(self):
+        """The video's container, or a clear error for a file that is not a readable video."""
         av = import_av()
-        with av.open(str(self.path)) as c:
+        try:
+            c = av.open(str(self.path))
+        except av.error.FFmpegError as e:
+            raise ValueError(f"{self.path}: not a readable video ({e.strerror or type(e).__name__}); give a video "
+                             "file (mp4, mov, webm, mkv) or a folder of frame images") from None
+        if not c.streams.video:
+            c.close()
+            raise ValueError(f"{self.path}: holds no video stream")
+        return c
+
+    def _count_video(self) -> int:
+        with self._open() as c:
             # Containers' frame counts are often missing or wrong: count decodable packets instead.
             return sum(1 for p in c.demux(video=0) if p.size > 0)
 
@@ -132,8 +143,7 @@ class FrameSource:
                     skipped.append(SkippedFrame(i, str(self.paths[i]), reason))
 
     def _video_frames(self, start: int, stop: Optional[int]) -> Iterator[Tuple[int, np.ndarray]]:
-        av = import_av()
-        with av.open(str(self.path)) as c:
+        with self._open() as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
             # Decoding from the start is exact where seeking is not (keyframes); chunks skip ahead.
@@ -321,7 +331,14 @@ def load_points(path: os.PathLike) -> torch.Tensor:
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise ValueError(f"{path}: points must be a list of (x, y) pairs, got shape {arr.shape}")
-    return torch.from_numpy(arr)
+    from .transfer import check_finite_points
+
+    pts = torch.from_numpy(arr)
+    try:
+        check_finite_points(pts)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return pts
 
 
 def _edit_frames(congealer, x: torch.Tensor, edit, *, resolution: int, blend: str, kernel: str, sigma: float,
@@ -475,7 +492,7 @@ def process_video(
                 outputs[kind] = str(w.close())
             else:
                 w.abort()
-        frame_sources, all_skipped, sizes = written, skipped, [size]
+        frame_sources, all_skipped, sizes = written, skipped, [s for s in [size] if s is not None]
     else:
         if points is not None:
             np.save(parts / f"correspondences_{mine.start:08d}.npy", corr_arr)
@@ -495,6 +512,10 @@ def process_video(
             if points is not None:
                 chunks = sorted(parts.glob("correspondences_*.npy"))
                 corr_arr = np.concatenate([np.load(c) for c in chunks]) if chunks else corr_arr
+    if not frame_sources:
+        first = all_skipped[0].reason if all_skipped else "no frames"
+        raise ValueError(f"{source}: no frame could be read ({first}); give a video file (mp4, mov, webm, mkv) or a "
+                         "folder of frame images")
     if is_main(dist):
         if points is not None:
             np.save(out_dir / "correspondences.npy", corr_arr.astype(np.float32))

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ._common import Formatter
+from ._common import Formatter, device, image_side, non_negative_int, positive_int
 
 ORDER = 30
 
@@ -21,23 +20,27 @@ outputs (see docs/align.md):
 """
 
 
-def add_model_args(p: argparse.ArgumentParser, *, resolution: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, *, resolution: bool = True,
+                   input_size_default: str = "the size the model was trained at") -> None:
     """Flags shared by the commands that apply a trained model to real images."""
     p.add_argument("--ckpt", required=True,
                    help="model checkpoint: our file, an original GANgealing .pt, or a released name "
                         "(bicycle, car, cat, cat_ssl_mix6, celeba, cub, dog, horse, tvmonitor)")
     if resolution:
-        p.add_argument("--output-resolution", type=int, default=None,
+        p.add_argument("--output-resolution", type=image_side, default=None,
                        help="side of the congealed images (default: the model's flow size)")
-    p.add_argument("--iters", type=int, default=None,
+    p.add_argument("--iters", type=positive_int, default=None,
                    help="similarity passes (default: the checkpoint's test setting, else 1)")
     p.add_argument("--padding", choices=("border", "reflection", "zeros"), default=None,
                    help="how pixels outside the image are filled (default: the checkpoint's setting, else border)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="flip inference: align each image or its mirror, whichever has the smoother flow "
                         "(default: on for single-cluster models with a flow; clustering models flip by classifier)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (per process)")
-    p.add_argument("--device", default=None,
+    p.add_argument("--input-size", type=image_side, default=None,
+                   help="side the transformer is fed at, a multiple of its flow size (the original's --real_size; "
+                        f"default: {input_size_default})")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (per process)")
+    p.add_argument("--device", type=device, default=None,
                    help="cpu, cuda, cuda:1 (default: this process's GPU if there is one, else cpu)")
 
 
@@ -49,7 +52,8 @@ def load_congealer(args: argparse.Namespace):
     dist = init_distributed(args.device)
     device = getattr(dist, "device", None) or args.device or "cpu"
     congealer = Congealer.from_checkpoint(args.ckpt, device=device, iters=args.iters, padding_mode=args.padding,
-                                          flip=args.flip, output_resolution=getattr(args, "output_resolution", None))
+                                          flip=args.flip, output_resolution=getattr(args, "output_resolution", None),
+                                          input_size=args.input_size)
     return congealer, dist
 
 
@@ -62,9 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image folders (recursive), glob patterns or image files")
     p.add_argument("--out", required=True, help="output folder (must not be inside an input folder)")
     add_model_args(p)
-    p.add_argument("--cluster", type=int, default=None,
+    p.add_argument("--cluster", type=non_negative_int, default=None,
                    help="clustering models: align every image in this cluster instead of asking the classifier")
-    p.add_argument("--average-count", type=int, default=None,
+    p.add_argument("--average-count", type=non_negative_int, default=None,
                    help="average the congealed images of the first N inputs (default: all)")
     p.add_argument("--grids", choices=("normalized", "pixels", "none"), default="normalized",
                    help="save each image's sampling grid: normalised coordinates (align_corners=False), "
@@ -77,16 +81,12 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.align import align_images, ignored_files
     from ..apps.sharding import finish, is_main
 
-    try:
-        congealer, dist = load_congealer(args)
-        summary = align_images(congealer, args.inputs, args.out, output_resolution=args.output_resolution,
-                               batch_size=args.batch_size, save_grids=args.grids != "none",
-                               grid_units="normalized" if args.grids == "none" else args.grids,
-                               average_count=args.average_count, image_format=args.format, cluster=args.cluster,
-                               dist=dist)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    congealer, dist = load_congealer(args)
+    summary = align_images(congealer, args.inputs, args.out, output_resolution=args.output_resolution,
+                           batch_size=args.batch_size, save_grids=args.grids != "none",
+                           grid_units="normalized" if args.grids == "none" else args.grids,
+                           average_count=args.average_count, image_format=args.format, cluster=args.cluster,
+                           dist=dist)
     if is_main(dist):
         ignored = ignored_files(args.inputs)
         if ignored:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import Formatter
+from ._common import Formatter, non_negative_int
 
 ORDER = 90
 
@@ -20,10 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("output", help="where to write the gangealing checkpoint (written atomically; never the input)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow reading files that need arbitrary pickle code (NVlabs .pkl); only for files you trust")
-    p.add_argument("--num-fp16-res", type=int, default=None,
+    p.add_argument("--num-fp16-res", type=non_negative_int, default=None,
                    help="StyleGAN2-ADA normalisation on this many top resolutions (not visible in the weights; "
                    "default: read from the file's options, else 0)")
-    p.add_argument("--inject", type=int, default=None,
+    p.add_argument("--inject", type=non_negative_int, default=None,
                    help="W+ layers taken from the congealing target (default: from the file's options)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     return p

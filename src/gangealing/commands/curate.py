@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ._common import Formatter
+from ._common import Formatter, float_range, image_side, unit_float
 
 ORDER = 37
 
@@ -32,13 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image folders (recursive), glob patterns or image files")
     p.add_argument("--out", required=True, help="output folder (must not be inside an input folder)")
     add_model_args(p, resolution=False)
-    p.add_argument("--output-resolution", type=int, default=256, help="side of the aligned output images")
-    p.add_argument("--fraction", type=float, default=1.0,
+    p.add_argument("--output-resolution", type=image_side, default=256, help="side of the aligned output images")
+    p.add_argument("--fraction", type=float_range(0.0, 1.0, low_open=True), default=1.0,
                    help="keep this fraction of the images, the ones with the best flow scores")
     p.add_argument("--scores", default=None, help="flow scores CSV from `gangealing flow-scores` (else computed)")
-    p.add_argument("--min-effective-resolution", type=float, default=192,
+    p.add_argument("--min-effective-resolution", type=float_range(0.0), default=192,
                    help="drop images whose crop is smaller than this many raw pixels on a side")
-    p.add_argument("--oob-threshold", type=float, default=0.025,
+    p.add_argument("--oob-threshold", type=unit_float, default=0.025,
                    help="drop images when more than this fraction of the crop lies outside the raw image")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image format of the outputs")
     return p
@@ -49,15 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.sharding import finish, is_main
     from .align import load_congealer
 
-    try:
-        congealer, dist = load_congealer(args)
-        summary = curate_dataset(congealer, args.inputs, args.out, output_resolution=args.output_resolution,
-                                 fraction=args.fraction, min_effective_resolution=args.min_effective_resolution,
-                                 oob_threshold=args.oob_threshold, scores=args.scores, batch_size=args.batch_size,
-                                 image_format=args.format, dist=dist)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    congealer, dist = load_congealer(args)
+    summary = curate_dataset(congealer, args.inputs, args.out, output_resolution=args.output_resolution,
+                             fraction=args.fraction, min_effective_resolution=args.min_effective_resolution,
+                             oob_threshold=args.oob_threshold, scores=args.scores, batch_size=args.batch_size,
+                             image_format=args.format, dist=dist)
     if is_main(dist):
         reasons = {}
         for r in summary.records:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import Formatter
+from ._common import Formatter, device, image_side, positive_float, positive_int
 
 ORDER = 1
 
@@ -25,13 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "colours, clusters, and the benchmark numbers. With --from-scratch, train the "
                                    "whole pipeline within a time budget instead and report the quality reached.")
     p.add_argument("--out", default="gangealing-demo", help="report folder (created)")
-    p.add_argument("--images", type=int, default=24, help="held-out images shown in the pictures")
-    p.add_argument("--display", type=int, default=112, help="side in pixels of each picture tile")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    p.add_argument("--images", type=positive_int, default=24, help="held-out images shown in the pictures")
+    p.add_argument("--display", type=image_side, default=112, help="side in pixels of each picture tile")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1")
     p.add_argument("--seed", type=int, default=0, help="seed of the random pairs of the quick benchmark")
     p.add_argument("--from-scratch", action="store_true",
                    help="train a tiny GAN and GANgealing on --data within --minutes, then measure them")
-    p.add_argument("--minutes", type=float, default=10.0, help="time budget of --from-scratch")
+    p.add_argument("--minutes", type=positive_float, default=10.0, help="time budget of --from-scratch")
     p.add_argument("--data", default="animals:cat", help="embedded dataset of --from-scratch (e.g. animals:cat, mnist:3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ._common import Formatter
 
@@ -35,14 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..apps.curate import compute_flow_scores, write_scores
     from ..apps.sharding import finish, is_main
+    from ..fileio import check_output_file
     from .align import load_congealer
 
-    try:
-        congealer, dist = load_congealer(args)
-        records = compute_flow_scores(congealer, args.inputs, batch_size=args.batch_size, dist=dist)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    check_output_file(args.out)
+    congealer, dist = load_congealer(args)
+    records = compute_flow_scores(congealer, args.inputs, batch_size=args.batch_size, dist=dist)
     if is_main(dist):
         write_scores(records, args.out)
         bad = [r for r in records if r.error]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import Formatter
+from ._common import Formatter, non_negative_int, positive_float, positive_int
 
 ORDER = 45
 
@@ -27,19 +27,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "report the percentage of correct key points at each alpha, with a bootstrap "
                                    "standard deviation. Runs under torchrun (pairs are split across processes).")
     p.add_argument("dataset", help="a key-point dataset folder written by `gangealing prepare spair|cub`")
-    add_model_args(p, resolution=False)
-    p.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.05, 0.01], help="PCK thresholds")
-    p.add_argument("--num-pairs", type=int, default=None,
+    add_model_args(p, resolution=False,
+                   input_size_default="the dataset's image size, as the original's pck.py (256 for SPair / CUB)")
+    p.add_argument("--alphas", type=positive_float, nargs="+", default=[0.1, 0.05, 0.01], help="PCK thresholds")
+    p.add_argument("--num-pairs", type=positive_int, default=None,
                    help="pairs to evaluate (default: all fixed pairs, or the dataset's number of random pairs)")
     p.add_argument("--both-ways", action=argparse.BooleanOptionalAction, default=None,
                    help="also transfer B -> A (default: the dataset's protocol: SPair one way, CUB both ways)")
     p.add_argument("--legacy", action="store_true",
                    help="reproduce the original's exact numbers (its key-point mapping, point normalisation "
                         "and mirror handling)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the standard deviation (0: none)")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for the standard deviation (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random pairs and of the bootstrap")
     p.add_argument("--out", default=None, help="folder for pck.json and transfers.png")
-    p.add_argument("--vis", type=int, default=8, help="pairs shown in transfers.png (0: no picture)")
+    p.add_argument("--vis", type=non_negative_int, default=8, help="pairs shown in transfers.png (0: no picture)")
     return p
 
 
@@ -47,9 +48,14 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.pck import evaluate_pck, save_transfer_picture, write_report
     from ..apps.sharding import is_main
     from ..data.keypoints import load_keypoint_dataset
+    from ..fileio import check_output_folder
     from .align import load_congealer
 
+    if args.out:
+        check_output_folder(args.out)
     data = load_keypoint_dataset(args.dataset)
+    if args.input_size is None:
+        args.input_size = data.size  # the original builds the transformer for the evaluation's --real_size
     congealer, dist = load_congealer(args)
     report = evaluate_pck(congealer, data, alphas=args.alphas, num_pairs=args.num_pairs, both_ways=args.both_ways,
                           flip=args.flip if args.flip is not None else True, legacy=args.legacy,
@@ -58,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if is_main(dist):
         print(f"{report.dataset} {report.category or ''} ({report.num_pairs} pairs, "
               f"{'both ways' if report.both_ways else 'one way'}, flip inference "
-              f"{'on' if report.flip_inference else 'off'}{', legacy' if report.legacy else ''})")
+              f"{'on' if report.flip_inference else 'off'}{', legacy' if report.legacy else ''}, "
+              f"input size {report.input_size})")
         print(report.format())
         if args.out:
             from pathlib import Path

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import Formatter
+from ._common import Formatter, image_side, non_negative_int, positive_int
 
 ORDER = 10
 
@@ -21,11 +21,11 @@ See docs/datasets.md for the layouts read and the files written.
 def _common(p: argparse.ArgumentParser, pad: bool) -> None:
     p.add_argument("source", help="the downloaded dataset: a folder or an archive (tar, tar.gz, zip)")
     p.add_argument("out", help="output folder (created; must be empty unless --overwrite)")
-    p.add_argument("--size", type=int, default=256, help="side of the square prepared images")
+    p.add_argument("--size", type=image_side, default=256, help="side of the square prepared images")
     if pad:
         p.add_argument("--pad", choices=("center", "border", "zero", "none"), default="center",
                        help="make images square: center crop, border (edge) padding, zero padding, or stretch")
-        p.add_argument("--max-images", type=int, default=None, help="keep at most this many images")
+        p.add_argument("--max-images", type=positive_int, default=None, help="keep at most this many images")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _common(s, pad=False)
     s.add_argument("--category", required=True, help="SPair category (cat, dog, bicycle, tvmonitor, ...)")
     s.add_argument("--split", choices=("trn", "val", "test"), default="test", help="pair split")
-    s.add_argument("--permutation", type=int, nargs="+", default=None,
+    s.add_argument("--permutation", type=non_negative_int, nargs="+", default=None,
                    help="left/right swap of the used key points (default: the original's for bicycle, cat, dog, "
                         "tvmonitor; none for other categories)")
     c = kinds.add_parser("cub", help="CUB-200-2011, ACSM's validation split (for PCK)", formatter_class=Formatter,
@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="ACSM's val_cub_cleaned.mat (default: looked for inside the source)")
     c.add_argument("--split", choices=("acsm_val", "train", "test", "all"), default="acsm_val",
                    help="acsm_val is the evaluation split; the others use CUB's own split and boxes")
-    c.add_argument("--num-pairs", type=int, default=10000, help="random pairs `gangealing pck` evaluates")
+    c.add_argument("--num-pairs", type=positive_int, default=10000, help="random pairs `gangealing pck` evaluates")
     ls = kinds.add_parser("lsun", help="an LSUN LMDB export (folder with data.mdb, or its zip)",
                           formatter_class=Formatter, description="Decode every LMDB value; undecodable ones are "
                                                                  "reported and skipped. Needs the lmdb package.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import Formatter
+from ._common import Formatter, image_side, non_negative_int, positive_float, unit_float
 
 ORDER = 32
 
@@ -31,15 +31,15 @@ def add_edit_args(p: argparse.ArgumentParser, splat_resolution: bool = True) -> 
     g.add_argument("--edit", default=None, help="RGBA image painted on the average congealed image")
     g.add_argument("--labels", default=None, help="label map (grayscale or palette PNG of class ids) on the congealed frame")
     if splat_resolution:
-        p.add_argument("--resolution", type=int, default=None,
+        p.add_argument("--resolution", type=image_side, default=None,
                        help="side of the congealed frame sampled for splatting (default: the larger of the edit's "
                             "side and the image's longest side)")
     p.add_argument("--blend", choices=("alpha", "laplacian", "laplacian-light"), default="alpha",
                    help="alpha compositing, or Laplacian-pyramid blending (softer seams)")
     p.add_argument("--kernel", choices=("bilinear", "gaussian"), default="bilinear",
                    help="splatting kernel; gaussian (the original's) also fills holes where the image is magnified")
-    p.add_argument("--sigma", type=float, default=1.0, help="width in pixels of the gaussian kernel")
-    p.add_argument("--opacity", type=float, default=1.0, help="multiplies the edit's alpha")
+    p.add_argument("--sigma", type=positive_float, default=1.0, help="width in pixels of the gaussian kernel")
+    p.add_argument("--opacity", type=unit_float, default=1.0, help="multiplies the edit's alpha")
 
 
 def load_edit_arg(args: argparse.Namespace):
@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (must not be inside an input folder)")
     add_edit_args(p)
     p.add_argument("--average", default=None, help="the average congealed image, to write the edit drawn on it")
-    p.add_argument("--fill", type=int, default=0, help="label maps: id of pixels no label lands on")
+    p.add_argument("--fill", type=non_negative_int, default=0, help="label maps: id of pixels no label lands on")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image format of the composited images")
     add_model_args(p, resolution=False)
     return p
@@ -73,24 +73,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..apps.sharding import is_main
-    from ..data.images import UnreadableImage
     from .align import load_congealer
 
     if not args.edit and not args.labels:
         print("error: give an edit (--edit RGBA.png) or a label map (--labels LABELS.png)", file=sys.stderr)
         return 2
-    try:
-        from ..edit import propagate_files
+    from ..edit import propagate_files
 
-        edit = load_edit_arg(args)
-        congealer, dist = load_congealer(args)
-        summary = propagate_files(congealer, args.inputs, args.out, edit, batch_size=args.batch_size,
-                                  average=args.average, image_format=args.format, dist=dist,
-                                  resolution=args.resolution, blend=args.blend, kernel=args.kernel, sigma=args.sigma,
-                                  opacity=args.opacity, fill=args.fill)
-    except (ValueError, FileNotFoundError, UnreadableImage) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    edit = load_edit_arg(args)
+    congealer, dist = load_congealer(args)
+    summary = propagate_files(congealer, args.inputs, args.out, edit, batch_size=args.batch_size,
+                              average=args.average, image_format=args.format, dist=dist,
+                              resolution=args.resolution, blend=args.blend, kernel=args.kernel, sigma=args.sigma,
+                              opacity=args.opacity, fill=args.fill)
     if is_main(dist):
         for s in summary.skipped:
             print(f"skipped {s['path']}: {s['reason']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import Formatter
+from ._common import Formatter, device, image_side, non_negative_int, port, positive_int
 
 ORDER = 90
 
@@ -31,17 +31,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(default: the committed demo model models/gangealing-tiny-cat/model.pt)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 exposes the page (and the model) to your network")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free port)")
+    p.add_argument("--port", type=port, default=7860, help="port to listen on (0: any free port)")
     p.add_argument("--demo", default="animals:cat",
                    help="embedded dataset whose held-out test images give the average and the demo images "
                         "(e.g. animals:cat, mnist:3), or 'none'")
-    p.add_argument("--demo-count", type=int, default=8, help="demo images shown on the page")
-    p.add_argument("--canvas", type=int, default=256, help="side in pixels of the average image painted on")
-    p.add_argument("--max-images", type=int, default=16, help="images per upload")
-    p.add_argument("--max-upload-mb", type=int, default=32, help="largest request in MiB")
-    p.add_argument("--max-side", type=int, default=512, help="uploaded images are downscaled to this long side")
-    p.add_argument("--cluster", type=int, default=0, help="clustering models: the cluster whose average is edited")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: a GPU if there is one, else cpu)")
+    p.add_argument("--demo-count", type=positive_int, default=8, help="demo images shown on the page")
+    p.add_argument("--canvas", type=image_side, default=256, help="side in pixels of the average image painted on")
+    p.add_argument("--max-images", type=positive_int, default=16, help="images per upload")
+    p.add_argument("--max-upload-mb", type=positive_int, default=32, help="largest request in MiB")
+    p.add_argument("--max-side", type=image_side, default=512, help="uploaded images are downscaled to this long side")
+    p.add_argument("--cluster", type=non_negative_int, default=0, help="clustering models: the cluster whose average is edited")
+    p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:1 (default: a GPU if there is one, else cpu)")
     return p
 
 

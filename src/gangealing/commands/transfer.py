@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ._common import Formatter
+from ._common import Formatter, image_side, index_list
 
 ORDER = 34
 
@@ -14,6 +13,7 @@ EPILOG = """key-point JSON (see docs/align.md):
 
 examples:
   gangealing transfer a.jpg b.jpg --points a.json --ckpt cat --out transfer/
+  gangealing transfer a.png b.png --points a.json --ckpt cat --legacy --input-size 256 --out t/   # the original's numbers
 """
 
 
@@ -29,10 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("image_b", help="the image to transfer them to")
     p.add_argument("--points", required=True, help="key-point JSON of image A")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--permutation", default=None,
+    p.add_argument("--permutation", type=index_list, default=None,
                    help="comma-separated left/right swap of the point order (used where exactly one image is "
                         "aligned through its mirror); overrides the JSON's 'permutation'")
-    p.add_argument("--picture-height", type=int, default=384, help="height of each image in the picture")
+    p.add_argument("--legacy", action="store_true",
+                   help="the original's key-point normalisation, to reproduce its transferred points exactly "
+                        "(use with --input-size 256 for models evaluated as the original's pck.py does)")
+    p.add_argument("--picture-height", type=image_side, default=384, help="height of each image in the picture")
     add_model_args(p, resolution=False)
     return p
 
@@ -41,14 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.transfer import transfer_keypoints
     from .align import load_congealer
 
-    try:
-        perm = None if args.permutation is None else [int(i) for i in args.permutation.split(",")]
-        congealer, _ = load_congealer(args)
-        res = transfer_keypoints(congealer, args.image_a, args.image_b, args.points, args.out, permutation=perm,
-                                 picture_height=args.picture_height)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    congealer, _ = load_congealer(args)
+    res = transfer_keypoints(congealer, args.image_a, args.image_b, args.points, args.out,
+                             permutation=args.permutation, picture_height=args.picture_height, legacy=args.legacy)
     outside = len(res.in_image) - sum(res.in_image)
     print(f"transferred {len(res.in_image)} point(s) to {args.image_b}"
           + (f" ({outside} outside the image)" if outside else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import Formatter
+from ._common import Formatter, image_side, int_range, positive_float, unit_float
 
 ORDER = 36
 
@@ -42,13 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_edit_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--points", default=None, help="congealed-frame points (JSON or .npy) to track through the video")
-    g.add_argument("--dense-points", type=int, default=None, metavar="S",
+    g.add_argument("--dense-points", type=int_range(1, 1024), default=None, metavar="S",
                    help="track every pixel centre of an S x S congealed frame (S*S points)")
-    p.add_argument("--points-size", type=int, default=None,
+    p.add_argument("--points-size", type=image_side, default=None,
                    help="side of the congealed frame --points are given in (default: the model's flow size)")
     p.add_argument("--congealed", action="store_true", help="also write the congealed video")
-    p.add_argument("--label-opacity", type=float, default=0.5, help="opacity of the colour-coded label overlay")
-    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the input video's, else 30)")
+    p.add_argument("--label-opacity", type=unit_float, default=0.5, help="opacity of the colour-coded label overlay")
+    p.add_argument("--fps", type=positive_float, default=None, help="output frame rate (default: the input video's, else 30)")
     p.add_argument("--format", choices=("mp4", "mov", "webm", "mkv", "gif"), default="mp4",
                    help="container of the written videos")
     add_model_args(p, resolution=False)
@@ -57,31 +57,26 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..apps.sharding import is_main
-    from ..data.images import UnreadableImage
     from .align import load_congealer
     from .propagate import load_edit_arg
 
     if not (args.edit or args.labels or args.points or args.dense_points or args.congealed):
         print("error: nothing to do: give --edit, --labels, --points, --dense-points and/or --congealed", file=sys.stderr)
         return 2
-    try:
-        from ..apps.video import dense_points, load_points, process_video
+    from ..apps.video import dense_points, load_points, process_video
 
-        edit = load_edit_arg(args)
-        points, points_size = None, args.points_size
-        if args.points:
-            points = load_points(args.points)
-        elif args.dense_points:
-            points, points_size = dense_points(args.dense_points), args.dense_points
-        congealer, dist = load_congealer(args)
-        source = args.input[0] if len(args.input) == 1 else args.input
-        summary = process_video(congealer, source, args.out, edit=edit, points=points, points_size=points_size,
-                                congealed=args.congealed, batch_size=args.batch_size, resolution=args.resolution,
-                                blend=args.blend, kernel=args.kernel, sigma=args.sigma, opacity=args.opacity,
-                                label_opacity=args.label_opacity, fps=args.fps, video_format=args.format, dist=dist)
-    except (ValueError, FileNotFoundError, UnreadableImage, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    edit = load_edit_arg(args)
+    points, points_size = None, args.points_size
+    if args.points:
+        points = load_points(args.points)
+    elif args.dense_points:
+        points, points_size = dense_points(args.dense_points), args.dense_points
+    congealer, dist = load_congealer(args)
+    source = args.input[0] if len(args.input) == 1 else args.input
+    summary = process_video(congealer, source, args.out, edit=edit, points=points, points_size=points_size,
+                            congealed=args.congealed, batch_size=args.batch_size, resolution=args.resolution,
+                            blend=args.blend, kernel=args.kernel, sigma=args.sigma, opacity=args.opacity,
+                            label_opacity=args.label_opacity, fps=args.fps, video_format=args.format, dist=dist)
     if is_main(dist):
         for s in summary.skipped:
             print(f"skipped frame {s.index} ({s.path}): {s.reason}")

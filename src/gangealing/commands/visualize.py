@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ._common import Formatter
+from ._common import Formatter, image_side, int_range, positive_float, positive_int, unit_float
 
 ORDER = 38
 
@@ -30,15 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image folders (recursive), glob patterns or image files")
     p.add_argument("--out", required=True, help="output file: .gif, .mp4, .mov, .webm or .mkv")
     add_edit_args(p, splat_resolution=False)
-    p.add_argument("--frames", type=int, default=48, help="frames from the original view to the congealed one")
-    p.add_argument("--fps", type=float, default=24.0, help="frame rate")
+    p.add_argument("--frames", type=int_range(2), default=48, help="frames from the original view to the congealed one")
+    p.add_argument("--fps", type=positive_float, default=24.0, help="frame rate")
     p.add_argument("--boomerang", action="store_true",
                    help="play the warp forward then backward (2 * frames - 2 frames, loops seamlessly)")
-    p.add_argument("--max-images", type=int, default=16, help="use the first N readable images")
-    p.add_argument("--nrow", type=int, default=None, help="images per row of each frame (default: about square)")
-    p.add_argument("--output-resolution", type=int, default=None,
+    p.add_argument("--max-images", type=positive_int, default=16, help="use the first N readable images")
+    p.add_argument("--nrow", type=positive_int, default=None, help="images per row of each frame (default: about square)")
+    p.add_argument("--output-resolution", type=image_side, default=None,
                    help="side of each image in the animation (default: the model's flow size)")
-    p.add_argument("--label-opacity", type=float, default=0.6, help="opacity of the colour-coded label overlay")
+    p.add_argument("--label-opacity", type=unit_float, default=0.6, help="opacity of the colour-coded label overlay")
     add_model_args(p, resolution=False)
     return p
 
@@ -46,34 +45,31 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..data.images import UnreadableImage, iter_images, list_images, to_tensor
+    from ..data.images import iter_images, list_images, to_tensor
+    from ..fileio import check_output_file
     from .align import load_congealer
     from .propagate import load_edit_arg
 
     skipped: list = []
-    try:
-        from ..apps.visualize import animate, save_animation
+    from ..apps.visualize import animate, save_animation
 
-        edit = load_edit_arg(args)
-        paths = list_images(args.inputs)
-        out = Path(args.out)
-        if any(out.resolve() == Path(p).resolve() for p in paths):
-            raise ValueError(f"{out} is one of the inputs; choose another output file")
-        images = []
-        for _, arr in iter_images(paths, "RGB", skipped=skipped):
-            images.append(to_tensor(arr))
-            if len(images) >= args.max_images:
-                break
-        if not images:
-            raise ValueError("no readable images")
-        congealer, _ = load_congealer(args)
-        anim = animate(congealer, images, num_frames=args.frames, resolution=args.output_resolution, edit=edit,
-                       blend=args.blend, kernel=args.kernel, sigma=args.sigma, opacity=args.opacity,
-                       label_opacity=args.label_opacity, boomerang=args.boomerang, nrow=args.nrow)
-        path = save_animation(anim.frames, out, fps=args.fps)
-    except (ValueError, FileNotFoundError, UnreadableImage, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    edit = load_edit_arg(args)
+    paths = list_images(args.inputs)
+    out = check_output_file(args.out)
+    if any(out.resolve() == Path(p).resolve() for p in paths):
+        raise ValueError(f"{out} is one of the inputs; choose another output file")
+    images = []
+    for _, arr in iter_images(paths, "RGB", skipped=skipped):
+        images.append(to_tensor(arr))
+        if len(images) >= args.max_images:
+            break
+    if not images:
+        raise ValueError("no readable images")
+    congealer, _ = load_congealer(args)
+    anim = animate(congealer, images, num_frames=args.frames, resolution=args.output_resolution, edit=edit,
+                   blend=args.blend, kernel=args.kernel, sigma=args.sigma, opacity=args.opacity,
+                   label_opacity=args.label_opacity, boomerang=args.boomerang, nrow=args.nrow)
+    path = save_animation(anim.frames, out, fps=args.fps)
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}")
     print(f"wrote {len(anim.frames)} frame(s) of {len(images)} image(s) to {path}")

@@ -13,6 +13,7 @@ API (all JSON answers; errors are ``{"error": message}`` with a 4xx/5xx status, 
 from __future__ import annotations
 
 import logging
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def _require_flask():
         import flask  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("the web page needs Flask: pip install 'gangealing[web]'") from None
+
+
+def _number(value) -> float:
+    """A finite JSON number (NaN, infinities, booleans and strings are refused: the answer must be valid JSON)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    return float(value)
 
 
 def create_app(workspace: Workspace, *, max_upload_bytes: int = 32 * 1024 * 1024):
@@ -125,13 +133,13 @@ def create_app(workspace: Workspace, *, max_upload_bytes: int = 32 * 1024 * 1024
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise BadInput('expected JSON {"set", "source", "x", "y"}')
+        usage = 'expected JSON {"set", "source": image index or "average", "x", "y"} with finite numbers'
         try:
-            x, y = float(body["x"]), float(body["y"])
-            source = body["source"]
-            if source != "average":
-                source = int(source)
-        except (KeyError, TypeError, ValueError):
-            raise BadInput('expected JSON {"set", "source": image index or "average", "x", "y"}') from None
+            x, y, source = _number(body["x"]), _number(body["y"]), body["source"]
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise BadInput(usage) from None
+        if source != "average" and (isinstance(source, bool) or not isinstance(source, int)):
+            raise BadInput(f'"source" must be an image index (a whole number) or "average", got {source!r}')
         return jsonify(ws.points(str(body.get("set", "")), source, x, y))
 
     return app
