@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
+import sys
 
 from ._common import Formatter
 
@@ -20,7 +22,10 @@ examples:
   # two CPU processes (gloo)
   torchrun --nproc_per_node 2 -m gangealing train --generator G.pt --out runs/ddp --preset tiny --device cpu
 
-Running the same command again resumes from OUT/checkpoints/last.pt. Presets: see docs/train.md.
+Running the same command again (or just --generator and --out) resumes from OUT/checkpoints/last.pt
+with the run's own settings; flags that change what is learned are refused unless --change-settings
+is given (--iters and the logging intervals may change). Ctrl-C (SIGINT) or SIGTERM stops after the
+current step with a checkpoint. Presets: see docs/train.md.
 """
 
 # Help for every overridable field of GANgealingTrainConfig (flag = --field-name).
@@ -87,7 +92,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="stop (with a checkpoint) after this much training wall time; rerun to continue")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    g = p.add_argument_group("overrides of the preset (default: the preset's value)")
+    p.add_argument("--change-settings", action="store_true",
+                   help="when resuming, continue with the loss, weight and schedule flags given here instead of "
+                   "refusing them; config.json records the change")
+    g = p.add_argument_group("overrides of the preset (default: the preset's value; on resume, the run's own)")
     for f in dataclasses.fields(GANgealingTrainConfig):
         flag = "--" + f.name.replace("_", "-")
         help_ = _FIELD_HELP.get(f.name, f.name.replace("_", " "))
@@ -105,7 +113,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The resolved :class:`GANgealingTrainConfig` of parsed arguments (preset + overrides)."""
+    """The resolved :class:`GANgealingTrainConfig` of parsed arguments: preset + overrides, or, when
+    ``--out`` holds a run and no preset is given, the run's own settings + overrides."""
+    from ..train.gangealing import saved_train_config
     from ..train.presets import GANgealingTrainConfig, get_preset
 
     overrides = {}
@@ -115,6 +125,9 @@ def config_from_args(args: argparse.Namespace):
             overrides[f.name] = tuple(v) if isinstance(v, list) else v
     if args.preset:
         return get_preset(args.preset, **overrides)
+    saved = saved_train_config(args.out)
+    if saved is not None:
+        return saved.replace(**overrides).validate()
     return GANgealingTrainConfig(**overrides).validate()
 
 
@@ -122,10 +135,31 @@ def run(args: argparse.Namespace) -> int:
     from ..train.gangealing import train_gangealing
 
     cfg = config_from_args(args)
-    res = train_gangealing(cfg, args.generator, args.out, real=args.real, real_split=args.real_split,
-                           device=args.device, max_steps=args.max_steps, max_seconds=args.max_seconds, tensorboard=not args.no_tensorboard,
-                           show_progress=not args.quiet)
+    try:
+        res = train_gangealing(cfg, args.generator, args.out, real=args.real, real_split=args.real_split,
+                               device=args.device, max_steps=args.max_steps, max_seconds=args.max_seconds,
+                               tensorboard=not args.no_tensorboard, show_progress=not args.quiet,
+                               change_settings=args.change_settings)
+    except KeyboardInterrupt:
+        return interrupted()
     shown = {k: round(v, 6) for k, v in res.losses.items() if k in ("perceptual", "tv", "identity", "psi")}
     print(f"step {res.step}/{cfg.iters} in {res.wall_time_s:.0f} s; last losses {shown}")
-    print(f"model: {res.model_path}" if res.model_path else f"stopped; resume with the same command ({res.run_dir})")
-    return 0
+    return report_stop(res)
+
+
+def interrupted() -> int:
+    """For a Ctrl-C outside the steps (setting up) or a second one: one line, status 130, no traceback."""
+    print("interrupted; the run keeps its last checkpoint, if any: rerun the same command to continue",
+          file=sys.stderr)
+    return 128 + signal.SIGINT
+
+
+def report_stop(res) -> int:
+    """Say where a training run ended; the exit status: 0, or 128 + the signal that stopped it (the shell's
+    convention, so that ``train && next`` does not go on with an unfinished run)."""
+    if res.model_path:
+        print(f"model: {res.model_path}")
+        return 0
+    why = f"stopped by {res.stopped_by}" if res.stopped_by else "stopped"
+    print(f"{why} at step {res.step} with a checkpoint; rerun the same command to continue ({res.run_dir})")
+    return 128 + signal.Signals[res.stopped_by] if res.stopped_by else 0

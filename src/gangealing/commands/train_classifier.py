@@ -33,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        "cross-entropy, initialised from the similarity transformer.",
                        formatter_class=Formatter,
                        epilog="example:\n  gangealing train-classifier runs/k4 --iters 300\n"
-                       "writes runs/k4/classifier/model.pt (the model with its classifier); rerun to resume.")
+                       "writes runs/k4/classifier/model.pt (the model with its classifier). Rerun to resume, with "
+                       "the run's own settings\n(only --iters, --micro-batch and the intervals may change); "
+                       "Ctrl-C or SIGTERM stops with a checkpoint.")
     p.add_argument("run", help="a `gangealing train` run folder (or its model.pt)")
     p.add_argument("--out", default=None, help="output folder (default: RUN/classifier)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this process's GPU, else CPU)")
@@ -41,20 +43,36 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     defaults = ClassifierTrainConfig()
+    g = p.add_argument_group("training options (on resume, the run's own unless given)")
     for f in dataclasses.fields(ClassifierTrainConfig):
         d = getattr(defaults, f.name)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(d), default=d, help=_HELP[f.name])
+        # SUPPRESS: a flag that was not given is absent, so that a resumed run keeps its own value.
+        g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(d), default=argparse.SUPPRESS,
+                       help=f"{_HELP[f.name]} (default: {d})")
     return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`ClassifierTrainConfig` of parsed arguments: the defaults, or the settings of the
+    run in the output folder when there is one, with the flags given."""
+    from ..train.classifier import classifier_out, saved_classifier_config
+    from ..train.presets import ClassifierTrainConfig
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierTrainConfig) if hasattr(args, f.name)}
+    base = saved_classifier_config(classifier_out(args.run, args.out)) or ClassifierTrainConfig()
+    return dataclasses.replace(base, **given).validate()
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train.classifier import train_classifier
-    from ..train.presets import ClassifierTrainConfig
+    from .train import interrupted, report_stop
 
-    cfg = ClassifierTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierTrainConfig)})
-    res = train_classifier(args.run, cfg, args.out, device=args.device, max_steps=args.max_steps,
-                           tensorboard=not args.no_tensorboard, show_progress=not args.quiet)
+    cfg = config_from_args(args)
+    try:
+        res = train_classifier(args.run, cfg, args.out, device=args.device, max_steps=args.max_steps,
+                               tensorboard=not args.no_tensorboard, show_progress=not args.quiet)
+    except KeyboardInterrupt:
+        return interrupted()
     shown = {k: round(v, 4) for k, v in res.losses.items() if k in ("cross_entropy", "acc1", "acc2")}
     print(f"step {res.step}/{cfg.iters} in {res.wall_time_s:.0f} s; {shown}")
-    print(f"model: {res.model_path}" if res.model_path else f"stopped; resume with the same command ({res.run_dir})")
-    return 0
+    return report_stop(res)

@@ -10,7 +10,9 @@ cosine restarts from step 0 (``epoch = step / period``), as the original.
 
 Output folder (default ``RUN/classifier``): ``config.json``, ``checkpoints/`` (resumable, each a
 model checkpoint with the classifier), ``metrics.jsonl``, ``visuals/`` and, at the end,
-``model.pt``: the GANgealing model with its classifier, ready for ``gangealing align``.
+``model.pt``: the GANgealing model with its classifier, ready for ``gangealing align``. A rerun
+resumes with the settings saved in the checkpoint (only those in :data:`RESUMABLE` may change);
+SIGINT / SIGTERM stop it after the current step with a checkpoint.
 """
 from __future__ import annotations
 
@@ -30,10 +32,15 @@ from gangealing.models.classifier import classifier_config_for
 from .gangealing import TRAIN_STATE_KEY, TrainResult, plot_metrics, sync_gradients
 from .objective import classifier_accuracy, classifier_batch, make_resize
 from .presets import ClassifierTrainConfig, GANgealingTrainConfig
-from .runtime import (DistInfo, MetricsLogger, RunDir, all_reduce_dict, broadcast_module, init_distributed, progress)
+from .runtime import (DistInfo, MetricsLogger, RunDir, StopOnSignal, all_reduce_dict, any_process, broadcast_module,
+                      check_resume_settings, init_distributed, progress)
 from .schedules import DecayingCosineRestarts
 
-__all__ = ["ClassifierTrainer", "find_model_checkpoint", "train_classifier"]
+__all__ = ["RESUMABLE", "ClassifierTrainer", "classifier_out", "find_model_checkpoint", "saved_classifier_config",
+           "train_classifier"]
+
+# Settings that may change when a classifier run resumes: they do not change what is learned.
+RESUMABLE = ("iters", "micro_batch", "log_every", "vis_every", "ckpt_every", "n_sample")
 
 
 def find_model_checkpoint(run: Union[str, Path]) -> Path:
@@ -48,6 +55,21 @@ def find_model_checkpoint(run: Union[str, Path]) -> Path:
     raise CheckpointError(f"{run}: no model.pt or checkpoints/last.pt; is this a `gangealing train` run folder?")
 
 
+def classifier_out(run: Union[str, Path], out: Optional[Union[str, Path]] = None) -> Path:
+    """The classifier's run folder: ``out``, else ``RUN/classifier`` (beside the model file when ``run`` is one)."""
+    if out is not None:
+        return Path(out)
+    return (Path(run) if Path(run).is_dir() else Path(run).parent) / "classifier"
+
+
+def saved_classifier_config(out: Union[str, Path]) -> Optional[ClassifierTrainConfig]:
+    """The settings of the classifier run in ``out`` (from its latest checkpoint), or None."""
+    path = RunDir(out, is_primary=False).latest_checkpoint()
+    if path is None:
+        return None
+    return ClassifierTrainConfig(**load_checkpoint(path).meta["classifier_train"])
+
+
 class ClassifierTrainer:
     """Trains a :class:`~gangealing.models.classifier.ClusterClassifier` for a clustering model."""
 
@@ -56,7 +78,7 @@ class ClassifierTrainer:
                  loss_fn: Optional[nn.Module] = None, tensorboard: bool = True, show_progress: bool = True):
         self.dist = dist or DistInfo()
         self.device = self.dist.device
-        self.cfg = cfg
+        self.cfg = cfg.validate()
         self.model = model
         tc = train_cfg or GANgealingTrainConfig.from_dict(model.meta.get("train", {}))
         self.train_cfg = tc
@@ -85,16 +107,20 @@ class ClassifierTrainer:
         self.sched = DecayingCosineRestarts(self.optim, t0=1, t_mult=cfg.t_mult, decay=cfg.decay)
         self.rng = torch.Generator(device=self.device)
         self.rng.manual_seed(cfg.seed * self.dist.world_size + self.dist.rank + 777)
-        self.run = RunDir(out, keep=2, is_primary=self.dist.is_primary)
         self.show_progress, self.tensorboard = show_progress, tensorboard
         self.step = 0
         self.last: Dict[str, float] = {}
-        latest = self.run.latest_checkpoint()
-        if latest is not None:
-            self._resume(latest)
-        else:
-            broadcast_module(self.classifier)
+        self.run = RunDir(out, keep=2, is_primary=self.dist.is_primary).acquire()
+        try:
+            latest = self.run.latest_checkpoint()
+            if latest is not None:
+                self._resume(latest)
+            else:
+                broadcast_module(self.classifier)
             self.run.save_config({"classifier_train": dataclasses.asdict(cfg), "train": dataclasses.asdict(tc)})
+        except BaseException:
+            self.run.release()
+            raise
 
     def model_checkpoint(self) -> Checkpoint:
         meta = dict(self.model.meta)
@@ -113,7 +139,10 @@ class ClassifierTrainer:
     def _resume(self, path: Path) -> None:
         raw = torch.load(path, map_location="cpu", weights_only=True)
         ts = raw[TRAIN_STATE_KEY]
-        load_state_strict(self.classifier, load_checkpoint(path).state["classifier"], "checkpoint classifier")
+        ckpt = load_checkpoint(path)
+        check_resume_settings(ClassifierTrainConfig(**ckpt.meta["classifier_train"]), self.cfg, RESUMABLE,
+                              where=f"the classifier run in {self.run.path}")
+        load_state_strict(self.classifier, ckpt.state["classifier"], "checkpoint classifier")
         self.optim.load_state_dict(ts["optim"])
         self.sched.load_state_dict(ts["sched"])
         self.step = int(ts["step"])
@@ -154,10 +183,18 @@ class ClassifierTrainer:
         return out
 
     def fit(self, max_steps: Optional[int] = None) -> TrainResult:
+        """Train to ``cfg.iters`` (or ``max_steps`` more, or until SIGINT / SIGTERM), with a checkpoint at
+        the end; the run folder is released when it returns."""
+        with self.run.acquire(), StopOnSignal(announce=self.dist.is_primary) as signals:
+            return self._fit(signals, max_steps)
+
+    def _fit(self, signals: StopOnSignal, max_steps: Optional[int]) -> TrainResult:
         cfg = self.cfg
         t0 = time.time()
-        logger = MetricsLogger(self.run.path / "metrics.jsonl", enabled=self.dist.is_primary, tensorboard=self.tensorboard)
+        logger = MetricsLogger(self.run.path / "metrics.jsonl", enabled=self.dist.is_primary,
+                               tensorboard=self.tensorboard, resume_step=self.step)
         stop = cfg.iters if max_steps is None else min(cfg.iters, self.step + max_steps)
+        stopped_by = None
         bar = progress(cfg.iters, initial=self.step, desc="classifier", enabled=self.dist.is_primary and self.show_progress)
         try:
             while self.step < stop:
@@ -169,8 +206,12 @@ class ClassifierTrainer:
                     logger.log(self.step, **values)
                 if self.step % cfg.vis_every == 0 or self.step == cfg.iters:
                     self.visualize()
-                if self.step % cfg.ckpt_every == 0 or self.step == stop:
+                halt = any_process(signals.requested)  # every process stops at the same step
+                if self.step % cfg.ckpt_every == 0 or self.step == stop or halt:
                     self.save()
+                if halt:
+                    stopped_by = signals.signal_name if self.step < cfg.iters else None
+                    break
         finally:
             bar.close()
             logger.close()
@@ -179,7 +220,7 @@ class ClassifierTrainer:
             model_path = save_checkpoint(self.model_checkpoint(), self.run.path / "model.pt")
             plot_metrics(self.run.path / "metrics.jsonl", self.run.path / "metrics.png",
                          {"cross entropy": ["cross_entropy"], "accuracy": ["acc1", "acc2"], "learning rate": ["lr"]})
-        return TrainResult(self.run.path, self.step, model_path, dict(self.last), time.time() - t0)
+        return TrainResult(self.run.path, self.step, model_path, dict(self.last), time.time() - t0, stopped_by)
 
     @torch.no_grad()
     def visualize(self) -> Optional[Path]:
@@ -202,13 +243,14 @@ def train_classifier(run: Union[str, Path], cfg: ClassifierTrainConfig, out: Opt
                      show_progress: bool = True) -> TrainResult:
     """The whole ``gangealing train-classifier`` command (resumes when ``out`` holds a checkpoint)."""
     dist_info = init_distributed(device)
+    cfg.validate()
     path = find_model_checkpoint(run)
     model = load_checkpoint(path)
     train_cfg = None
     cfg_file = Path(run) / "config.json" if Path(run).is_dir() else None
     if "train" not in model.meta and cfg_file is not None and cfg_file.is_file():
         train_cfg = GANgealingTrainConfig.from_dict(json.loads(cfg_file.read_text())["train"])
-    out = Path(out) if out is not None else (Path(run) if Path(run).is_dir() else Path(run).parent) / "classifier"
+    out = classifier_out(run, out)
     trainer = ClassifierTrainer(model, cfg, out, train_cfg=train_cfg, dist=dist_info, tensorboard=tensorboard,
                                 show_progress=show_progress)
     return trainer.fit(max_steps=max_steps)

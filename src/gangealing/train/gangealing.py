@@ -24,7 +24,10 @@ The run folder (:class:`gangealing.train.runtime.RunDir`): ``config.json``, ``ch
 :func:`gangealing.build.load_model`, plus a ``train_state`` entry with the non-EMA transformer,
 the optimisers, the schedulers and the RNG, for resuming), ``metrics.jsonl`` (+ TensorBoard),
 ``visuals/`` (PNG grids), ``metrics.png`` and, at the end, ``model.pt`` (the model alone).
-Running the same command again resumes from ``checkpoints/last.pt``.
+Running the same command again resumes from ``checkpoints/last.pt``, with the settings saved in it
+(:func:`resume_settings`): only those in :data:`RESUMABLE` may change, those in
+:data:`CHANGEABLE` only when asked for explicitly. One training at a time holds the folder
+(:meth:`RunDir.acquire`); SIGINT / SIGTERM stop it after the current step with a checkpoint.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -46,12 +49,14 @@ from gangealing.models.target import kmeans_candidate_wplus, kmeans_plusplus_tar
 
 from .objective import congealing_step, jitter_inputs, make_resize
 from .presets import GANgealingTrainConfig
-from .runtime import (DistInfo, MetricsLogger, RunDir, all_reduce_dict, all_reduce_mean, broadcast_module,
-                      ema_update, init_distributed, progress, read_metrics)
+from .runtime import (DistInfo, MetricsLogger, RunDir, StopOnSignal, all_reduce_dict, all_reduce_mean, any_process,
+                      broadcast_module, check_resume_settings, ema_update, init_distributed, progress, read_metrics)
 from .schedules import DecayingCosineRestarts, anneal_psi, lr_cycle_iters
 
 __all__ = [
     "TRAIN_STATE_KEY",
+    "RESUMABLE",
+    "CHANGEABLE",
     "TrainResult",
     "GANgealingTrainer",
     "load_generator",
@@ -59,10 +64,37 @@ __all__ = [
     "init_target",
     "sync_gradients",
     "plot_metrics",
+    "saved_train_config",
+    "resume_settings",
     "train_gangealing",
 ]
 
 TRAIN_STATE_KEY = "train_state"  # extra top-level entry of a checkpoint file that makes it resumable
+
+# Settings that may change when a run resumes: they do not change what is learned.
+RESUMABLE = ("iters", "micro_batch", "log_every", "vis_every", "ckpt_every", "n_sample", "n_mean")
+# Settings read afresh at every step, which a resumed run takes only when asked to (--change-settings).
+# The others are fixed at the start: the architecture, the initialisation, and what the optimisers
+# and schedulers restore from the checkpoint (learning rates, t_mult, decay).
+CHANGEABLE = ("loss", "tv_weight", "identity_weight", "freeze_target", "sample_from_full_res", "padding_mode",
+              "input_jitter", "batch", "anneal_psi", "anneal_fn", "period", "ema_decay")
+
+
+def saved_train_config(out: Union[str, Path]) -> Optional[GANgealingTrainConfig]:
+    """The settings of the run in folder ``out``: those of its latest checkpoint, or None when it has
+    none (a run that never saved one starts afresh, whatever its ``config.json`` says)."""
+    path = RunDir(out, is_primary=False).latest_checkpoint()
+    if path is None:
+        return None
+    return GANgealingTrainConfig.from_dict(dict(load_checkpoint(path).meta["train"]))
+
+
+def resume_settings(saved: GANgealingTrainConfig, cfg: GANgealingTrainConfig, change_settings: bool = False,
+                    where: str = "this run") -> Dict[str, Tuple[Any, Any]]:
+    """Check ``cfg`` against the ``saved`` settings of a run about to resume; return the changes
+    ``{name: (old, new)}``. Raises ValueError naming every setting that may not change: any
+    outside :data:`RESUMABLE`, unless it is in :data:`CHANGEABLE` and ``change_settings``."""
+    return check_resume_settings(saved, cfg, RESUMABLE, CHANGEABLE, change_settings, where)
 
 
 def load_generator(path: Union[str, Path], device: Union[str, torch.device, None] = None) -> nn.Module:
@@ -186,6 +218,7 @@ class TrainResult:
     model_path: Optional[Path]  # model.pt, written when the last step was reached
     losses: Dict[str, float]  # the last logged values
     wall_time_s: float
+    stopped_by: Optional[str] = None  # 'SIGINT' / 'SIGTERM' when a signal stopped the run (with a checkpoint)
 
 
 class GANgealingTrainer:
@@ -193,7 +226,8 @@ class GANgealingTrainer:
 
     def __init__(self, cfg: GANgealingTrainConfig, generator: nn.Module, out: Union[str, Path], *,
                  dist: Optional[DistInfo] = None, loss_fn: Optional[nn.Module] = None, real: Optional[Tensor] = None,
-                 tensorboard: bool = True, show_progress: bool = True, generator_source: str = ""):
+                 tensorboard: bool = True, show_progress: bool = True, generator_source: str = "",
+                 change_settings: bool = False):
         self.cfg = cfg.validate()
         self.dist = dist or DistInfo()
         self.device = self.dist.device
@@ -202,7 +236,6 @@ class GANgealingTrainer:
             p.requires_grad_(False)
         self.generator_source = generator_source
         self.accumulation = cfg.accumulation(self.dist.world_size)
-        self.run = RunDir(out, keep=2, is_primary=self.dist.is_primary)
         self.show_progress = show_progress
         self.tensorboard = tensorboard
         self.real = real  # (M, C, S, S) in [-1, 1] at input_size, for visuals only (CPU)
@@ -233,19 +266,26 @@ class GANgealingTrainer:
         self.init_info: Dict[str, Any] = {}
         self.last_losses: Dict[str, float] = {}
 
-        resume = self.run.latest_checkpoint()
-        if resume is not None:
-            self._resume(resume)
-        else:
-            init_rng = torch.Generator(device=self.device)
-            init_rng.manual_seed(cfg.seed)  # identical on every process
-            self.init_info = init_target(self.target, self.generator, cfg, init_rng, self.loss_fn, self.resize)
-            broadcast_module(self.target)
-            broadcast_module(self.stn)
-            self.stn_ema.load_state_dict(self.stn.state_dict())
-            self.run.save_config({"train": dataclasses.asdict(cfg), "generator": self.generator.cfg.to_dict(),
-                                  "generator_source": generator_source, "world_size": self.dist.world_size,
-                                  "accumulation": self.accumulation, "init": self.init_info})
+        # The folder is locked (and swept) before its checkpoint is read; its files are written only
+        # once the settings, the generator and the checkpoint have passed their checks.
+        self.run = RunDir(out, keep=2, is_primary=self.dist.is_primary).acquire()
+        try:
+            resume = self.run.latest_checkpoint()
+            if resume is not None:
+                self._resume(resume, change_settings)
+            else:
+                init_rng = torch.Generator(device=self.device)
+                init_rng.manual_seed(cfg.seed)  # identical on every process
+                self.init_info = init_target(self.target, self.generator, cfg, init_rng, self.loss_fn, self.resize)
+                broadcast_module(self.target)
+                broadcast_module(self.stn)
+                self.stn_ema.load_state_dict(self.stn.state_dict())
+                self.run.save_config({"train": dataclasses.asdict(cfg), "generator": self.generator.cfg.to_dict(),
+                                      "generator_source": generator_source, "world_size": self.dist.world_size,
+                                      "accumulation": self.accumulation, "init": self.init_info})
+        except BaseException:
+            self.run.release()
+            raise
         # Fixed samples for the visuals (same on every process; only the primary draws them).
         vis_rng = torch.Generator(device=self.device)
         vis_rng.manual_seed(cfg.seed + 12345)
@@ -279,12 +319,26 @@ class GANgealingTrainer:
         }
         return self.run.save_checkpoint(d, self.step)
 
-    def _resume(self, path: Path) -> None:
+    def _resume(self, path: Path, change_settings: bool = False) -> None:
         raw = torch.load(path, map_location="cpu", weights_only=True)
         if TRAIN_STATE_KEY not in raw:
             raise CheckpointError(f"{path}: has no training state to resume from")
         ts = raw[TRAIN_STATE_KEY]
         ckpt = load_checkpoint(path)
+        where = f"the run in {self.run.path}"
+        try:
+            same_generator = type(self.generator.cfg).from_dict(dict(ckpt.config["generator"])) == self.generator.cfg
+        except (TypeError, ValueError):  # another kind of generator
+            same_generator = False
+        if not same_generator:
+            raise ValueError(f"{where} was trained against another generator ({ckpt.meta.get('generator_source')}); "
+                             "pass that --generator to continue it, or choose another --out")
+        changes = resume_settings(GANgealingTrainConfig.from_dict(dict(ckpt.meta["train"])), self.cfg,
+                                  change_settings, where)
+        if changes:  # config.json says what the run continues with, and since when
+            saved = self.run.load_config() or {}
+            history = saved.get("changes", []) + [{"step": int(ts["step"]), **{k: list(v) for k, v in changes.items()}}]
+            self.run.save_config({**saved, "train": dataclasses.asdict(self.cfg), "changes": history})
         load_state_strict(self.stn_ema, ckpt.state["stn"], "checkpoint transformer (EMA)")
         load_state_strict(self.target, ckpt.state["target"], "checkpoint target")
         load_state_strict(self.stn, ts["stn"], "checkpoint transformer")
@@ -340,13 +394,19 @@ class GANgealingTrainer:
 
     def fit(self, max_steps: Optional[int] = None, max_seconds: Optional[float] = None) -> TrainResult:
         """Train to ``cfg.iters`` (or stop after ``max_steps`` more steps, e.g. to simulate a kill, or
-        after ``max_seconds`` of wall time, with a checkpoint: run again to continue)."""
+        after ``max_seconds`` of wall time, or at SIGINT / SIGTERM, with a checkpoint: run again to
+        continue). The run folder is released when it returns."""
+        with self.run.acquire(), StopOnSignal(announce=self.dist.is_primary) as signals:
+            return self._fit(signals, max_steps, max_seconds)
+
+    def _fit(self, signals: StopOnSignal, max_steps: Optional[int], max_seconds: Optional[float]) -> TrainResult:
         cfg = self.cfg
         t0 = time.time()
         logger = MetricsLogger(self.run.path / "metrics.jsonl", enabled=self.dist.is_primary,
-                               tensorboard=self.tensorboard)
+                               tensorboard=self.tensorboard, resume_step=self.step)
         cycle_ends = set(lr_cycle_iters(cfg.anneal_psi, cfg.period, cfg.iters, cfg.t_mult))
         stop = cfg.iters if max_steps is None else min(cfg.iters, self.step + max_steps)
+        stopped_by = None
         if self.step == 0:
             self.visualize(logger)
         bar = progress(cfg.iters, initial=self.step, desc="gangealing", enabled=self.dist.is_primary and self.show_progress)
@@ -363,10 +423,11 @@ class GANgealingTrainer:
                 if step % cfg.vis_every == 0 or step in cycle_ends or step == cfg.iters:
                     self.visualize(logger)
                 # Every process stops at the same step: the decision is all-reduced.
-                out_of_time = max_seconds is not None and all_reduce_mean(float(time.time() - t0 > max_seconds)).item() > 0
-                if step % cfg.ckpt_every == 0 or step in cycle_ends or step == stop or out_of_time:
+                halt = any_process(signals.requested or (max_seconds is not None and time.time() - t0 > max_seconds))
+                if step % cfg.ckpt_every == 0 or step in cycle_ends or step == stop or halt:
                     self.save()
-                if out_of_time:
+                if halt:
+                    stopped_by = signals.signal_name if step < cfg.iters else None
                     break
         finally:
             bar.close()
@@ -375,7 +436,7 @@ class GANgealingTrainer:
         if self.step >= cfg.iters and self.dist.is_primary:
             model_path = save_checkpoint(self.model_checkpoint(), self.run.path / "model.pt")
             plot_metrics(self.run.path / "metrics.jsonl", self.run.path / "metrics.png")
-        return TrainResult(self.run.path, self.step, model_path, dict(self.last_losses), time.time() - t0)
+        return TrainResult(self.run.path, self.step, model_path, dict(self.last_losses), time.time() - t0, stopped_by)
 
     # ------------------------------------------------------------------ visuals
     @torch.no_grad()
@@ -440,12 +501,14 @@ def _load_real(source: str, size: int, split: str, limit: int) -> Tensor:
 def train_gangealing(cfg: GANgealingTrainConfig, generator_path: Union[str, Path], out: Union[str, Path], *,
                      real: Optional[str] = None, real_split: str = "test", device: Optional[str] = None,
                      max_steps: Optional[int] = None, max_seconds: Optional[float] = None, tensorboard: bool = True,
-                     show_progress: bool = True) -> TrainResult:
+                     show_progress: bool = True, change_settings: bool = False) -> TrainResult:
     """The whole ``gangealing train`` command: processes, generator, trainer, run. Resumes when
-    ``out`` holds a checkpoint."""
+    ``out`` holds a checkpoint (``cfg`` must then agree with its settings; see :func:`resume_settings`)."""
     dist_info = init_distributed(device)
+    cfg.validate()
     gen = load_generator(generator_path, dist_info.device)
     real_images = _load_real(real, cfg.input_size, real_split, max(cfg.n_mean, cfg.n_sample)) if real else None
     trainer = GANgealingTrainer(cfg, gen, out, dist=dist_info, real=real_images, tensorboard=tensorboard,
-                                show_progress=show_progress, generator_source=str(generator_path))
+                                show_progress=show_progress, generator_source=str(generator_path),
+                                change_settings=change_settings)
     return trainer.fit(max_steps=max_steps, max_seconds=max_seconds)

@@ -82,8 +82,8 @@ class GANgealingTrainConfig:
             raise ValueError(f"transforms must be similarity, flow or similarity flow, got {self.transforms}")
         if "flow" not in self.transforms and self.tv_weight:
             raise ValueError("a similarity-only transformer has no flow: set tv_weight 0 (as the original requires)")
-        if self.num_heads < 1 or self.num_directions < 1 or self.iters < 1 or self.batch < 1 or self.micro_batch < 1:
-            raise ValueError("num_heads, num_directions, iters, batch and micro_batch must be positive")
+        _check_positive(self, ("iters", "batch", "micro_batch", "num_heads", "num_directions", "flow_size",
+                               "input_size", "period", "pca_samples", "log_every", "vis_every", "ckpt_every"))
         if self.input_size % self.flow_size:
             raise ValueError(f"input_size {self.input_size} must be a multiple of flow_size {self.flow_size}")
         if self.anneal_fn not in ("cosine", "linear"):
@@ -128,6 +128,19 @@ class ClassifierTrainConfig:
     ckpt_every: int = 50_000
     n_sample: int = 64
     seed: int = 0
+
+    def validate(self) -> "ClassifierTrainConfig":
+        """Raise ValueError on impossible settings; return self."""
+        _check_positive(self, ("iters", "batch", "micro_batch", "lr", "period", "t_mult", "log_every", "vis_every",
+                               "ckpt_every", "n_sample"))
+        return self
+
+
+def _check_positive(cfg: Any, names: Tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value} (flag --{name.replace('_', '-')})")
 
 
 # ------------------------------------------------------------------------------------------ presets
