@@ -71,3 +71,36 @@ def test_missing_and_newer_files(tmp_path):
     torch.save(d, tmp_path / "new.pt")
     with pytest.raises(CheckpointError, match="newer"):
         load_checkpoint(tmp_path / "new.pt")
+
+
+def _flip_a_byte_of_tensor_data(path):
+    """Flip one byte inside the stored bytes of the largest tensor (torch's zip stores them uncompressed)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_checksum_catches_a_flipped_byte(tmp_path):
+    ckpt = Checkpoint(kind="generator", config={"generator": {"size": 8}},
+                      state={"generator": {"w": torch.randn(1000), "b": torch.zeros(3, dtype=torch.bfloat16)}})
+    path = save_checkpoint(ckpt, tmp_path / "c.pt")
+    assert len(torch.load(path, weights_only=True)["checksum"]["sha256"]) == 64
+    load_checkpoint(path)
+    _flip_a_byte_of_tensor_data(path)
+    assert not torch.equal(torch.load(path, weights_only=True)["state"]["generator"]["w"], ckpt.state["generator"]["w"])
+    with pytest.raises(CheckpointError, match="do not match the checksum"):
+        load_checkpoint(path)
+
+
+def test_files_without_a_checksum_still_load(tmp_path):
+    d = _tiny_ckpt().to_dict()
+    del d["checksum"]  # as written before checksums existed
+    atomic_save(d, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").step == 7

@@ -10,16 +10,20 @@ A checkpoint is a dict::
       "state":  {"generator": state_dict, "stn": state_dict, "target": state_dict, ...},
       "step": int,                      # training iterations done
       "meta": {...},                    # primitives: provenance, test-time settings, mean latent
+      "checksum": {"sha256": "..."},    # of every tensor in "state", checked on load
     }
 
 It loads with ``torch.load(path, weights_only=True)`` on any device and holds everything needed
 to rebuild the modules (see :mod:`gangealing.build`). Files are written atomically (temporary
 file in the same folder, then ``os.replace``) so a killed process never leaves half a checkpoint.
 Files in other formats (rosinality StyleGAN2, original GANgealing, NVlabs pickles) come in through
-the importers in :mod:`gangealing.io` (``gangealing convert IN OUT``).
+the importers in :mod:`gangealing.io` (``gangealing convert IN OUT``). The checksum catches a file
+damaged after it was written (a flipped byte would otherwise load and align silently); files
+written before it existed have none and load as they are.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import zipfile
@@ -71,7 +75,24 @@ class Checkpoint:
             "state": self.state,
             "step": int(self.step),
             "meta": self.meta,
+            "checksum": {"sha256": state_checksum(self.state)},
         }
+
+
+def state_checksum(state: Mapping[str, Mapping[str, Any]]) -> str:
+    """SHA-256 of a checkpoint's tensors: every module's entries in sorted order, each with its
+    name, dtype, shape and bytes (so a renamed, reshaped or altered tensor changes it)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        for key in sorted(state[name]):
+            value = state[name][key]
+            if not isinstance(value, torch.Tensor):
+                h.update(f"{name}.{key}={value!r};".encode())
+                continue
+            t = value.detach().cpu().contiguous()
+            h.update(f"{name}.{key}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
@@ -173,10 +194,15 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint format version {version!r} is newer than this gangealing "
                               f"understands ({VERSION}); upgrade gangealing.")
     try:
-        return Checkpoint(kind=obj["kind"], config=dict(obj["config"]), state=dict(obj["state"]),
+        ckpt = Checkpoint(kind=obj["kind"], config=dict(obj["config"]), state=dict(obj["state"]),
                           step=int(obj.get("step", 0)), meta=dict(obj.get("meta", {})))
     except KeyError as e:
         raise CheckpointError(f"{path}: gangealing checkpoint is missing its {e.args[0]!r} entry (truncated or hand-edited?)") from e
+    expected = (obj.get("checksum") or {}).get("sha256")
+    if expected is not None and expected != state_checksum(ckpt.state):
+        raise CheckpointError(f"{path}: its tensors do not match the checksum written with them: the file was damaged "
+                              "or altered after it was saved; copy, download or convert it again")
+    return ckpt
 
 
 def read_any(path: PathLike, map_location: Any = "cpu", trust_pickle: bool = False) -> Any:
