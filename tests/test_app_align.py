@@ -2,6 +2,7 @@
 import csv
 import hashlib
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -45,13 +46,16 @@ def test_align_folder(tmp_path, dataset, capsys):
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     before = snapshot(d)
     out = tmp_path / "out"
-    with pytest.warns(UserWarning, match="corrupt.png"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the skip is reported once, by the command's line: no warning
         rc = main(["align", str(d), "--ckpt", str(ckpt), "--out", str(out), "--output-resolution", "16",
                    "--device", "cpu", "--batch-size", "3"])
     assert rc == 0
     assert snapshot(d) == before  # inputs untouched, byte for byte, nothing added
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "skipped" in printed and "corrupt.png" in printed and "notes.txt" in printed
+    assert (printed + captured.err).count("corrupt.png") == 1
     assert "aligned 4 image(s)" in printed
 
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -85,9 +89,8 @@ def test_align_inputs_as_glob_and_files_pixel_grids_and_average_count(tmp_path, 
     d, arrays = dataset
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     out = tmp_path / "out"
-    with pytest.warns(UserWarning, match="corrupt.png"):
-        rc = main(["align", str(d / "*.png"), str(d / "b.jpg"), "--ckpt", str(ckpt), "--out", str(out),
-                   "--device", "cpu", "--grids", "pixels", "--average-count", "1", "--flip"])
+    rc = main(["align", str(d / "*.png"), str(d / "b.jpg"), "--ckpt", str(ckpt), "--out", str(out),
+               "--device", "cpu", "--grids", "pixels", "--average-count", "1", "--flip"])
     assert rc == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["input"].split("/")[-1] for r in rows] == ["a.png", "corrupt.png", "d.png", "b.jpg"]
@@ -117,9 +120,8 @@ def test_align_clustered_checkpoint_without_classifier(tmp_path, dataset, capsys
     assert "clustering model (2 clusters) has no cluster classifier" in err
     assert not (tmp_path / "out" / "congealed").exists() or not any((tmp_path / "out" / "congealed").iterdir())
     # An explicit cluster works without the classifier.
-    with pytest.warns(UserWarning):
-        assert main(["align", str(d), "--ckpt", str(ckpt), "--out", str(tmp_path / "out2"), "--device", "cpu",
-                     "--cluster", "1"]) == 0
+    assert main(["align", str(d), "--ckpt", str(ckpt), "--out", str(tmp_path / "out2"), "--device", "cpu",
+                 "--cluster", "1"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "out2" / "results.csv")))
     assert {r["cluster"] for r in rows if not r["error"]} == {"1"}
     assert (tmp_path / "out2" / "average_cluster1.png").is_file()
@@ -132,3 +134,52 @@ def test_help_lists_every_flag(capsys):
     for flag in ("--ckpt", "--out", "--output-resolution", "--iters", "--padding", "--flip", "--batch-size",
                  "--device", "--grids", "--average-count"):
         assert flag in text
+
+
+def test_used_out_is_refused_unless_overwrite_which_leaves_no_stale_file(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    rng = np.random.default_rng(0)
+    for run, names in enumerate((["a.png", "b.png", "c.png"], ["x.png"])):
+        d = tmp_path / f"in{run}"
+        d.mkdir()
+        for n in names:
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / n)
+    out = tmp_path / "out"
+    common = ["--ckpt", str(ckpt), "--out", str(out), "--device", "cpu"]
+    assert main(["align", str(tmp_path / "in0"), *common]) == 0
+    (out / "notes.md").write_text("mine")
+    capsys.readouterr()
+    assert main(["align", str(tmp_path / "in1"), *common]) == 1
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--overwrite" in err
+    assert len(list((out / "congealed").iterdir())) == 3  # refused before anything was touched
+    assert main(["align", str(tmp_path / "in1"), *common, "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "congealed").iterdir()) == ["000000_x.png"]
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["000000_x.npy"]
+    assert (out / "notes.md").read_text() == "mine"  # not an align output: kept
+    assert len(list(csv.DictReader(open(out / "results.csv")))) == 1
+
+
+def test_huge_photo_is_decoded_smaller_but_described_at_full_size(tmp_path, monkeypatch):
+    import gangealing.data.images as images
+
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (2400, 3000, 3), dtype=np.uint8)).save(d / "big.jpg")
+    decoded, real_read = [], images.read_image
+
+    def spy(*args, **kwargs):
+        a = real_read(*args, **kwargs)
+        decoded.append(a.shape)
+        return a
+
+    monkeypatch.setattr(images, "read_image", spy)
+    out = tmp_path / "out"
+    assert main(["align", str(d), "--ckpt", str(ckpt), "--out", str(out), "--device", "cpu", "--grids", "pixels"]) == 0
+    assert max(decoded[0][:2]) < 2048  # JPEG draft: never decoded at 3000 x 2400 (flow / input size 16 -> 1024)
+    row = next(csv.DictReader(open(out / "results.csv")))
+    assert (int(row["height"]), int(row["width"])) == (2400, 3000)
+    grid = np.load(out / row["grid"])  # identity model: output pixel (0, 0) of 16 is (3000 / 16 - 1) / 2 = 93.25 px
+    np.testing.assert_allclose(grid[0, 0, 0], 93.25, atol=1.0)  # from the left of the file (46 at half size)
+    assert grid[0, 0, 1] < 0 and grid[-1, -1, 1] > 2399  # the 300 px border padding above and below

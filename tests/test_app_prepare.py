@@ -66,7 +66,47 @@ def test_output_is_all_or_nothing(tmp_path):
     src = tmp_path / "bad"
     src.mkdir()
     (src / "x.png").write_bytes(b"not an image")
-    with pytest.warns(UserWarning), pytest.raises(FileNotFoundError, match="no readable images"):
+    with pytest.raises(FileNotFoundError, match="no readable images"):
         prepare_images(src, tmp_path / "out", size=8)
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bad"]  # no temporary folder left behind
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_image_members_are_bounded_before_unpacking(tmp_path, monkeypatch, kind, capsys):
+    import gangealing.apps.prepare as prepare
+
+    monkeypatch.setattr(prepare, "MAX_IMAGE_FILE_BYTES", 100_000)
+    rng = np.random.default_rng(0)
+    archive = tmp_path / f"photos.{kind}"
+    members = {"photos/a.png": _png(rng), "photos/bomb.png": b"\0" * 5_000_000}
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    assert main(["prepare", "images", str(archive), str(tmp_path / "out"), "--size", "8"]) == 0
+    printed = capsys.readouterr()
+    assert "skipped" in printed.out and "bomb.png: expands to 5,000,000 bytes" in printed.out
+    assert printed.out.count("bomb.png") == 1 and "bomb.png" not in printed.err  # reported once
+    assert load_prepared(tmp_path / "out").manifest["files"] == ["photos/a.png"]
+
+
+def test_archive_larger_than_the_free_space_is_refused_before_unpacking(tmp_path, monkeypatch):
+    import collections
+
+    import gangealing.apps.prepare as prepare
+
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.png", _png(np.random.default_rng(0)))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(prepare.shutil, "disk_usage", lambda p: usage(1000, 990, 10))
+    with pytest.raises(ValueError, match="more than the 0.0 GiB free"):
+        with open_source(archive):
+            pass

@@ -59,6 +59,26 @@ def test_prepare_zip(folder, tmp_path):
     assert len(ds) == 3 and len(ds.skipped) == 1 and ds.manifest["files"][0].endswith("a.png")
 
 
+def test_zip_member_that_expands_too_far_is_skipped_not_read(folder, tmp_path, monkeypatch):
+    import gangealing.data.images as images
+
+    monkeypatch.setattr(images, "MAX_IMAGE_FILE_BYTES", 100_000)
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(folder / "a.png", "a.png")
+        zf.writestr("bomb.png", b"\0" * 5_000_000)  # 5 MB of zeros, a few KB compressed
+    opened, real_open = [], zipfile.ZipFile.open
+
+    def tracked_open(self, name, *args, **kwargs):
+        opened.append(getattr(name, "filename", name))
+        return real_open(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", tracked_open)
+    with pytest.warns(UserWarning, match="bomb.png: expands to 5,000,000 bytes, over the 100,000-byte limit"):
+        ds = prepare_dataset(z, 8, cache_dir=tmp_path / "c")
+    assert len(ds) == 1 and "bomb.png" not in opened  # refused from its header, never decompressed
+
+
 @pytest.mark.skipif(package_file("animal_mnist", "data/Animal_MNIST/animal_data_version_3.gz") is None,
                     reason="animal-mnist not installed")
 def test_prepare_embedded(tmp_path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import warnings
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -32,6 +32,8 @@ import torch
 from .sharding import barrier, gather, is_main, shard
 
 GRID_UNITS = ("normalized", "pixels")
+# What align writes into its output folder (removed by overwrite=True before a new run).
+ALIGN_OUTPUTS = ("congealed", "grids", "results.csv", "results.json", "skipped.txt", "average.*", "average_cluster*.*")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,26 @@ def check_output_dir(out_dir: os.PathLike, inputs: Sequence[os.PathLike]) -> Pat
     return Path(out_dir)
 
 
+def claim_output_dir(out_dir: Path, owned: Sequence[str], overwrite: bool = False, dist: Any = None) -> None:
+    """Take ``out_dir`` for a command's outputs: refuse a folder that already holds anything unless
+    ``overwrite``, which removes the entries this command writes (``owned``: glob patterns) and
+    keeps everything else, so no file of a previous run is left beside the new results."""
+    existing = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise ValueError(f"output folder {out_dir} is not empty (it holds {existing[0]}{more}); pass --overwrite to "
+                         "replace the outputs of a previous run, or choose a new folder")
+    barrier(dist)  # every rank has looked before anything is removed or written
+    if existing and is_main(dist):
+        for pattern in owned:
+            for p in out_dir.glob(pattern):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    barrier(dist)
+
+
 def ignored_files(inputs: Sequence[os.PathLike]) -> List[Path]:
     """Files in input folders that are not images by suffix (reported, never read)."""
     from ..data.images import is_image_file
@@ -85,12 +107,12 @@ def image_mode(congealer) -> str:
     return "L" if int(congealer.stn.cfg.image_channels) == 1 else "RGB"
 
 
-def read_batches(items: Sequence[Tuple[int, Path]], batch_size: int, mode: str
+def read_batches(items: Sequence[Tuple[int, Path]], batch_size: int, mode: str, max_side: Optional[int] = None
                  ) -> Iterator[Tuple[List[Tuple[int, Path, np.ndarray]], List[Tuple[int, Path, str]]]]:
     """Read ``(index, path)`` items in batches: ``(readable [(index, path, uint8 HWC)], unreadable [(index, path, reason)])``.
 
-    Unreadable files are reported (a warning naming the file) and returned separately; reading
-    continues with the next file.
+    Unreadable files are returned separately, for the caller to report once; reading continues
+    with the next file. ``max_side``: huge images are decoded smaller (:func:`read_image`).
     """
     from ..data.images import UnreadableImage, read_image
 
@@ -98,11 +120,9 @@ def read_batches(items: Sequence[Tuple[int, Path]], batch_size: int, mode: str
     bad: List[Tuple[int, Path, str]] = []
     for idx, path in items:
         try:
-            batch.append((idx, path, read_image(path, mode)))
+            batch.append((idx, path, read_image(path, mode, max_side=max_side)))
         except (UnreadableImage, FileNotFoundError) as e:
-            reason = e.reason if isinstance(e, UnreadableImage) else "no such file"
-            warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
-            bad.append((idx, path, reason))
+            bad.append((idx, path, e.reason if isinstance(e, UnreadableImage) else "no such file"))
         if len(batch) >= batch_size:
             yield batch, bad
             batch, bad = [], []
@@ -125,6 +145,19 @@ def stack(group: List[Tuple[int, Path, np.ndarray]]) -> torch.Tensor:
     return to_tensor(np.stack([a for _, _, a in group]))
 
 
+def decode_side(congealer, output_resolution: int) -> int:
+    """Long side worth decoding an input at: plenty for the transformer's input and a sharp output
+    at ``output_resolution`` (outputs sample the decoded image), so huge photos do not fill memory."""
+    return max(1024, 2 * max(congealer.input_size, int(output_resolution)))
+
+
+def full_size(path: Path, decoded: np.ndarray, max_side: int) -> Tuple[int, int]:
+    """``(height, width)`` of the image file, which :func:`read_batches` may have decoded smaller."""
+    from ..data.images import image_size
+
+    return image_size(path) if max(decoded.shape[:2]) >= max_side else tuple(decoded.shape[:2])
+
+
 def grid_to_pixels(grid: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Normalised grid ``(..., 2)`` -> pixels of a ``height x width`` image (centres at integers)."""
     from ..geometry.coords import norm_to_pixel
@@ -145,8 +178,12 @@ def output_name(index: int, path: Path) -> str:
 def align_images(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLike, *,
                  output_resolution: Optional[int] = None, batch_size: int = 16, save_grids: bool = True,
                  grid_units: str = "normalized", average_count: Optional[int] = None, image_format: str = "png",
-                 cluster: Optional[int] = None, dist: Any = None, progress: bool = True) -> AlignSummary:
+                 cluster: Optional[int] = None, dist: Any = None, progress: bool = True,
+                 overwrite: bool = False) -> AlignSummary:
     """Align every image that ``inputs`` names (folders, globs, files) and write them under ``out_dir``.
+
+    ``out_dir`` must be new or empty; ``overwrite=True`` first removes the outputs of a previous
+    run there (:data:`ALIGN_OUTPUTS`; other files stay).
 
     Under ``torchrun`` each rank aligns every ``world_size``-th image and rank 0 writes the merged
     tables and the average. ``average_count`` limits the average to the first N inputs (all by
@@ -162,6 +199,7 @@ def align_images(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLike,
     out_dir = check_output_dir(out_dir, inputs)
     paths = list_images(inputs)
     protected = [str(p) for p in paths]
+    claim_output_dir(out_dir, ALIGN_OUTPUTS, overwrite, dist)
     res_out = congealer.resolution(output_resolution)
     k = congealer.num_clusters
     n_avg = len(paths) if average_count is None else min(int(average_count), len(paths))
@@ -174,7 +212,8 @@ def align_images(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLike,
     total: Optional[torch.Tensor] = None
     count = torch.zeros(k, dtype=torch.float64)
     bar = progress_bar(len(mine), "align", progress and is_main(dist))
-    for batch, bad in read_batches(mine, batch_size, image_mode(congealer)):
+    side = decode_side(congealer, res_out)
+    for batch, bad in read_batches(mine, batch_size, image_mode(congealer), side):
         done: Dict[int, Dict[str, Any]] = {}
         for idx, path, reason in bad:
             done[idx] = {"index": idx, "input": str(path), "error": reason}
@@ -182,10 +221,8 @@ def align_images(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLike,
             x = stack(group)  # (B, C, H, W)
             res = congealer.align(x, output_resolution=res_out, cluster=cluster)
             imgs, grids = res.images.cpu(), res.grid.float().cpu()
-            h, w = x.shape[-2:]
-            if grid_units == "pixels":
-                grids = grid_to_pixels(grids, h, w)
-            for j, (idx, path, _) in enumerate(group):
+            for j, (idx, path, arr) in enumerate(group):
+                h, w = full_size(path, arr, side)  # grids and sizes refer to the file, at full size
                 name = output_name(idx, path)
                 img_path = out_dir / "congealed" / f"{name}.{image_format}"
                 save_image(imgs[j], img_path, protected=protected)
@@ -194,7 +231,8 @@ def align_images(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLike,
                        "cluster": None if res.cluster is None else int(res.cluster[j])}
                 if save_grids:
                     grid_path = out_dir / "grids" / f"{name}.npy"
-                    np.save(grid_path, grids[j].numpy().astype(np.float32))
+                    grid = grid_to_pixels(grids[j], h, w) if grid_units == "pixels" else grids[j]
+                    np.save(grid_path, grid.numpy().astype(np.float32))
                     rec["grid"] = str(grid_path.relative_to(out_dir))
                 done[idx] = rec
                 if idx < n_avg:

@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .align import (progress_bar, check_output_dir, image_mode, output_name, read_batches, same_size_groups, stack)
+from .align import (progress_bar, check_output_dir, decode_side, image_mode, output_name, read_batches,
+                    same_size_groups, stack)
 from .sharding import barrier, gather, is_main, shard
 
 DROP_REASONS = ("unreadable", "low_score", "out_of_image", "low_resolution")
@@ -72,7 +73,8 @@ def _score_paths(congealer, items, batch_size, dist, progress) -> List[ScoreReco
     mine = shard(items, dist)
     out: Dict[int, ScoreRecord] = {}
     bar = progress_bar(len(mine), "flow scores", progress and is_main(dist))
-    for batch, bad in read_batches(mine, batch_size, image_mode(congealer)):
+    side = decode_side(congealer, congealer.input_size)  # scores see the transformer's input only
+    for batch, bad in read_batches(mine, batch_size, image_mode(congealer), side):
         for idx, path, reason in bad:
             out[idx] = ScoreRecord(idx, str(path), None, error=reason)
         for group in same_size_groups(batch):

@@ -26,13 +26,14 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..data.dataset import FORMAT_VERSION, MANIFEST
-from ..data.images import SkippedImage, UnreadableImage, iter_images, list_images, read_image
+from ..data.images import (MAX_IMAGE_FILE_BYTES, MemberTooLarge, SkippedImage, UnreadableImage, copy_bounded,
+                           is_image_file, iter_images, list_images, read_image, report_skipped)
 from ..data.keypoints import KeypointSample, write_keypoints
 from ..data.preprocess import PAD_MODES, preprocess, preprocess_transform
 
@@ -71,34 +72,66 @@ def _safe_target(root: Path, name: str) -> Path:
     return target
 
 
-def _extract(archive: Path, dest: Path, keep: Optional[Callable[[str], bool]]) -> None:
+def _members(archive: Path, keep: Optional[Callable[[str], bool]]) -> List[Tuple[str, int]]:
+    """``(name, declared size)`` of the regular files to unpack (links and devices are never needed)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            return [(i.filename, i.file_size) for i in zf.infolist()
+                    if not i.is_dir() and (keep is None or keep(i.filename))]
+    with tarfile.open(archive) as tf:
+        return [(m.name, m.size) for m in tf if m.isfile() and (keep is None or keep(m.name))]
+
+
+def _open_members(archive: Path) -> Iterator[Tuple[str, IO[bytes]]]:
+    """Stream ``(name, file object)`` of every regular member, in archive order."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                if info.is_dir() or (keep is not None and not keep(info.filename)):
-                    continue
-                target = _safe_target(dest, info.filename)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                if not info.is_dir():
+                    with zf.open(info) as f:
+                        yield info.filename, f
         return
     with tarfile.open(archive) as tf:
         for member in tf:
-            if not member.isfile() or (keep is not None and not keep(member.name)):
-                continue  # links and devices are never needed by these layouts
-            target = _safe_target(dest, member.name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(member)
-            if src is None:
-                continue
-            with src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            f = tf.extractfile(member) if member.isfile() else None
+            if f is not None:
+                with f:
+                    yield member.name, f
+
+
+def _extract(archive: Path, dest: Path, keep: Optional[Callable[[str], bool]],
+             skipped: Optional[List[SkippedImage]] = None) -> None:
+    """Unpack the kept members, streamed one by one, after checking what they expand to: an image
+    member past :data:`MAX_IMAGE_FILE_BYTES` is skipped (reported), and the whole must fit the free space."""
+    sizes = dict(_members(archive, keep))
+    wanted = {n for n, size in sizes.items() if not (is_image_file(n) and size > MAX_IMAGE_FILE_BYTES)}
+    for n, size in sizes.items():
+        if n not in wanted:
+            report_skipped(skipped, f"{archive}!{n}", f"expands to {size:,} bytes, over the {MAX_IMAGE_FILE_BYTES:,}-byte "
+                                                       "limit for one image")
+    total, free = sum(sizes[n] for n in wanted), shutil.disk_usage(dest).free
+    if total > free:
+        raise ValueError(f"{archive} expands to {total / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free in "
+                         f"{dest.parent}; unpack it where there is room and pass the folder (or set TMPDIR)")
+    for name, src in _open_members(archive):
+        if name not in wanted:
+            continue
+        target = _safe_target(dest, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(target, "wb") as dst:
+                copy_bounded(src, dst, sizes[name], f"{archive}!{name}")  # no more than its header said
+        except MemberTooLarge as e:  # its header said less than it holds
+            target.unlink()
+            report_skipped(skipped, f"{archive}!{name}", str(e).split(": ", 1)[-1])
 
 
 @contextlib.contextmanager
-def open_source(source: os.PathLike, keep: Optional[Callable[[str], bool]] = None) -> Iterator[Path]:
+def open_source(source: os.PathLike, keep: Optional[Callable[[str], bool]] = None,
+                skipped: Optional[List[SkippedImage]] = None) -> Iterator[Path]:
     """A folder with the contents of ``source``: the folder itself, or an archive unpacked into a
-    temporary folder (only members for which ``keep(name)`` is true) that is removed on exit."""
+    temporary folder (only members for which ``keep(name)`` is true) that is removed on exit.
+    Image members too large to be an image are not unpacked but added to ``skipped``."""
     source = Path(source).expanduser()
     if source.is_dir():
         yield source
@@ -109,7 +142,7 @@ def open_source(source: os.PathLike, keep: Optional[Callable[[str], bool]] = Non
         raise ValueError(f"{source}: neither a folder nor a tar / tar.gz / zip archive")
     with tempfile.TemporaryDirectory(prefix="gangealing-prepare-") as tmp:
         log.info("unpacking %s", source)
-        _extract(source, Path(tmp), keep)
+        _extract(source, Path(tmp), keep, skipped)
         yield Path(tmp)
 
 
@@ -170,17 +203,11 @@ class _Writer:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _skip(skipped: List[SkippedImage], path: os.PathLike, reason: str) -> None:
-    warnings.warn(f"skipping {path}: {reason}", stacklevel=3)
-    log.warning("skipping %s: %s", path, reason)
-    skipped.append(SkippedImage(str(path), reason))
-
-
 def _read(path: Path, skipped: List[SkippedImage]) -> Optional[np.ndarray]:
     try:
         return read_image(path, "RGB")
     except (UnreadableImage, FileNotFoundError) as e:
-        _skip(skipped, path, e.reason if isinstance(e, UnreadableImage) else "no such file")
+        report_skipped(skipped, path, e.reason if isinstance(e, UnreadableImage) else "no such file")
         return None
 
 
@@ -296,7 +323,7 @@ def prepare_cub(source: os.PathLike, out: os.PathLike, *, acsm_mat: Optional[os.
                 try:
                     crop = acsm_crop(img, im.box)
                 except ValueError as e:
-                    _skip(skipped, im.path, str(e))
+                    report_skipped(skipped, im.path, str(e))
                     continue
                 row = writer.add(im.rel_path, preprocess(crop, size, "none"))
                 samples.append(KeypointSample(row, crop_keypoints(im.keypoints, im.box, size),
@@ -355,7 +382,9 @@ def prepare_images(source: os.PathLike, out: os.PathLike, *, size: int = 256, mo
     if mode not in PAD_MODES:
         raise ValueError(f"mode must be one of {PAD_MODES}, got {mode!r}")
     src = Path(source).expanduser()
-    ctx = open_source(src) if src.exists() and (src.is_dir() or is_archive(src)) else contextlib.nullcontext(source)
+    skipped: List[SkippedImage] = []  # members too large to unpack, then unreadable files
+    unpack = src.exists() and (src.is_dir() or is_archive(src))
+    ctx = open_source(src, skipped=skipped) if unpack else contextlib.nullcontext(source)
     with ctx as folder:
         if Path(folder).is_dir() and ((Path(folder) / "data.mdb").is_file() or any(Path(folder).rglob("data.mdb"))):
             return prepare_lsun(folder, out, size=size, mode=mode, max_images=max_images, overwrite=overwrite)
@@ -365,12 +394,12 @@ def prepare_images(source: os.PathLike, out: os.PathLike, *, size: int = 256, mo
         base = Path(folder) if Path(folder).is_dir() else None
         writer = _Writer(Path(out), len(paths), size, overwrite=overwrite)
         try:
-            skipped: List[SkippedImage] = []
             for p, img in iter_images(paths, "RGB", skipped):
                 name = str(p.relative_to(base)) if base is not None and p.is_relative_to(base) else str(p)
                 writer.add(name, preprocess(img, size, mode))
             if base is not None and base != src:  # unpacked from an archive: name members, not temp paths
-                skipped = [SkippedImage(f"{src}!{Path(s.path).relative_to(base)}", s.reason) for s in skipped]
+                skipped = [SkippedImage(f"{src}!{Path(s.path).relative_to(base)}", s.reason)
+                           if Path(s.path).is_relative_to(base) else s for s in skipped]
             writer.finish(source=str(source), mode=mode, skipped=skipped)
             path = writer.commit()
         except BaseException:

@@ -138,9 +138,10 @@ class FrameSource:
                 yield i, read_image(self.paths[i], "RGB")
             except (UnreadableImage, FileNotFoundError) as e:
                 reason = e.reason if isinstance(e, UnreadableImage) else "no such file"
-                warnings.warn(f"skipping frame {i} ({self.paths[i]}): {reason}", stacklevel=2)
-                if skipped is not None:
+                if skipped is not None:  # the caller reports it
                     skipped.append(SkippedFrame(i, str(self.paths[i]), reason))
+                else:
+                    warnings.warn(f"skipping frame {i} ({self.paths[i]}): {reason}", stacklevel=2)
 
     def _video_frames(self, start: int, stop: Optional[int]) -> Iterator[Tuple[int, np.ndarray]]:
         with self._open() as c:

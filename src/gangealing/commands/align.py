@@ -64,7 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "Unreadable files are reported and skipped; inputs are never modified. "
                                    "Runs under torchrun (the images are split across processes).")
     p.add_argument("inputs", nargs="+", help="image folders (recursive), glob patterns or image files")
-    p.add_argument("--out", required=True, help="output folder (must not be inside an input folder)")
+    p.add_argument("--out", required=True, help="output folder: new or empty, and not inside an input folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse a non-empty --out: first remove the outputs of a previous align there (other files stay)")
     add_model_args(p)
     p.add_argument("--cluster", type=non_negative_int, default=None,
                    help="clustering models: align every image in this cluster instead of asking the classifier")
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, save_grids=args.grids != "none",
                            grid_units="normalized" if args.grids == "none" else args.grids,
                            average_count=args.average_count, image_format=args.format, cluster=args.cluster,
-                           dist=dist)
+                           dist=dist, overwrite=args.overwrite)
     if is_main(dist):
         ignored = ignored_files(args.inputs)
         if ignored:

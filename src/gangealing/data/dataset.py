@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .embedded import is_embedded_name, load_embedded
-from .images import (MODES, SkippedImage, is_image_file, iter_images, list_images, pil_convert, to_tensor,
-                     UnreadableImage)
+from .images import (MODES, MemberTooLarge, SkippedImage, is_image_file, iter_images, list_images, pil_convert,
+                     read_member, report_skipped, to_tensor, UnreadableImage)
 from .preprocess import PAD_MODES, preprocess
 
 FORMAT_VERSION = 1
@@ -119,9 +120,10 @@ def _hash(obj: Any) -> str:
 
 
 def _iter_zip(path: Path, mode: str, skipped: List[SkippedImage]):
-    """Yield ``(name, uint8 (H, W, C))`` for the images inside a zip, reporting unreadable members."""
+    """Yield ``(name, uint8 (H, W, C))`` for the images inside a zip, one member in memory at a time
+    and none past :data:`~gangealing.data.images.MAX_IMAGE_FILE_BYTES`; unreadable or oversized
+    members go to ``skipped``."""
     import io
-    import warnings
 
     from PIL import Image, ImageOps
 
@@ -133,13 +135,12 @@ def _iter_zip(path: Path, mode: str, skipped: List[SkippedImage]):
         for n in names:
             label = f"{path}!{n}"
             try:
-                with Image.open(io.BytesIO(zf.read(n))) as img:
+                data = read_member(zf, n)  # one member at a time, its size bounded (zip bombs)
+                with Image.open(io.BytesIO(data)) as img:
                     img.load()
                     arr = np.asarray(pil_convert(ImageOps.exif_transpose(img), mode), np.uint8)
             except Exception as e:  # noqa: BLE001 - any decoding failure is a skipped image
-                reason = f"{type(e).__name__}: {e}"
-                warnings.warn(f"skipping {label}: {reason}", stacklevel=2)
-                skipped.append(SkippedImage(label, reason))
+                report_skipped(skipped, label, str(e) if isinstance(e, MemberTooLarge) else f"{type(e).__name__}: {e}")
                 continue
             yield label, (arr[:, :, None] if arr.ndim == 2 else arr)
 
@@ -194,6 +195,8 @@ def _write_prepared(out: Path, source: Any, size: int, mode: str, image_mode: st
             bar.update(1)
     if bar is not None:
         bar.close()
+    for s in skipped:  # reported once here; the manifest lists them too
+        warnings.warn(f"skipping {s.path}: {s.reason}", stacklevel=3)
     if n == 0:
         raise FileNotFoundError(f"no readable images in {source}: {len(skipped)} files skipped "
                                 f"({'; '.join(f'{s.path}: {s.reason}' for s in skipped[:3])})")

@@ -9,20 +9,23 @@ reports such files (a warning with the path and the reason), skips them and reco
 from __future__ import annotations
 
 import glob as _glob
-import logging
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..fileio import atomic_write
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import zipfile
 
+
+# One image file larger than this is refused; archive members before they are decompressed (zip bombs).
+MAX_IMAGE_FILE_BYTES = 256 * 2**20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm")
 MODES = ("RGB", "L", "RGBA")
 PathLike = Union[str, os.PathLike]
@@ -43,6 +46,48 @@ class SkippedImage:
 
     path: str
     reason: str
+
+
+def report_skipped(skipped: Optional[List[SkippedImage]], path: PathLike, reason: str, stacklevel: int = 3) -> None:
+    """Report an unreadable input exactly once: into ``skipped`` when the caller collects them (it
+    reports them: a command prints one line each, a dataset lists them), else as a ``UserWarning``."""
+    if skipped is not None:
+        skipped.append(SkippedImage(str(path), reason))
+    else:
+        warnings.warn(f"skipping {path}: {reason}", stacklevel=stacklevel)
+
+
+class MemberTooLarge(ValueError):
+    """An archive member that expands past the size allowed for it."""
+
+
+def copy_bounded(src: IO[bytes], dst: IO[bytes], limit: int, name: str) -> int:
+    """Copy a stream in chunks, raising :class:`MemberTooLarge` once more than ``limit`` bytes came out
+    (a header's size can lie; what the stream yields cannot). Returns the bytes copied."""
+    n = 0
+    while True:
+        chunk = src.read(min(1 << 20, limit + 1 - n))
+        if not chunk:
+            return n
+        n += len(chunk)
+        if n > limit:
+            raise MemberTooLarge(f"{name}: expands to more than {limit:,} bytes, the limit for one image")
+        dst.write(chunk)
+
+
+def read_member(zf: "zipfile.ZipFile", name: str, limit: Optional[int] = None) -> bytes:
+    """The bytes of one zip member, streamed and refused (:class:`MemberTooLarge`) past ``limit``
+    (default :data:`MAX_IMAGE_FILE_BYTES`)."""
+    import io
+
+    limit = MAX_IMAGE_FILE_BYTES if limit is None else limit
+    info = zf.getinfo(name)
+    if info.file_size > limit:
+        raise MemberTooLarge(f"{name}: expands to {info.file_size:,} bytes, over the {limit:,}-byte limit for one image")
+    buf = io.BytesIO()
+    with zf.open(info) as f:
+        copy_bounded(f, buf, limit, name)
+    return buf.getvalue()
 
 
 def is_image_file(path: PathLike) -> bool:
@@ -123,12 +168,18 @@ def pil_convert(img, mode: str = "RGB", background: Tuple[int, int, int] = (0, 0
     return img.convert(mode)
 
 
-def read_image(path: PathLike, mode: str = "RGB", background: Tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+def read_image(path: PathLike, mode: str = "RGB", background: Tuple[int, int, int] = (0, 0, 0),
+               max_side: Optional[int] = None) -> np.ndarray:
     """Read an image file as uint8 ``(H, W, C)`` (C = 3, 1 or 4 for 'RGB', 'L', 'RGBA').
 
     EXIF orientation is applied; palette, grayscale+alpha, CMYK, 16-bit and float images are
     converted; transparency is composited over ``background``. Raises :class:`UnreadableImage`
     for a corrupt, truncated or non-image file, ``FileNotFoundError`` for a missing one.
+
+    ``max_side``: what the caller needs; an image at least twice as large is decoded smaller, its
+    long side in ``[max_side, 2 max_side)`` where the format allows: JPEGs with Pillow's ``draft``
+    (DCT scaling, never decoded at full size), others with ``Image.reduce`` by an integer factor.
+    A huge photo then costs its reduced size in a batch. :func:`image_size` gives the full size.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -139,9 +190,13 @@ def read_image(path: PathLike, mode: str = "RGB", background: Tuple[int, int, in
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with Image.open(path) as img:
+            if max_side is not None:
+                img.draft(None, (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, both sides >= max_side
             img.load()  # decode now: truncated files fail here, not later
             img = ImageOps.exif_transpose(img)
             img = pil_convert(img, mode, background)
+            if max_side is not None and max(img.size) >= 2 * max_side:
+                img = img.reduce(max(img.size) // max_side)
             arr = np.asarray(img, dtype=np.uint8)
     except UnidentifiedImageError:
         raise UnreadableImage(path, "not an image file Pillow can identify") from None
@@ -156,18 +211,26 @@ def iter_images(paths: Iterable[PathLike], mode: str = "RGB",
                 skipped: Optional[List[SkippedImage]] = None) -> Iterator[Tuple[Path, np.ndarray]]:
     """Yield ``(path, uint8 (H, W, C))`` for each readable file; report and skip the others.
 
-    Each unreadable file gives a ``UserWarning`` naming the path and the reason, and is appended
-    to ``skipped`` (a list the caller passes in and reads afterwards) as a :class:`SkippedImage`.
+    Each unreadable file is appended to ``skipped`` (a list the caller passes in and reports
+    afterwards) as a :class:`SkippedImage`; without that list it gives a ``UserWarning`` naming
+    the path and the reason (:func:`report_skipped`).
     """
     for p in paths:
         try:
             yield Path(p), read_image(p, mode)
         except (UnreadableImage, FileNotFoundError) as e:
-            reason = e.reason if isinstance(e, UnreadableImage) else "no such file"
-            warnings.warn(f"skipping {p}: {reason}", stacklevel=2)
-            log.warning("skipping %s: %s", p, reason)
-            if skipped is not None:
-                skipped.append(SkippedImage(str(p), reason))
+            report_skipped(skipped, p, e.reason if isinstance(e, UnreadableImage) else "no such file")
+
+
+def image_size(path: PathLike) -> Tuple[int, int]:
+    """``(height, width)`` of an image file at full size, EXIF orientation applied, from its header."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # orientations that swap the axes
+            w, h = h, w
+    return h, w
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import io
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .images import SkippedImage, UnreadableImage, pil_convert
+from .images import SkippedImage, UnreadableImage, pil_convert, report_skipped
 
 __all__ = ["find_lmdb", "lmdb_keys", "decode_image_bytes", "iter_lmdb_images"]
 
@@ -88,8 +87,8 @@ def iter_lmdb_images(folder: os.PathLike, max_images: Optional[int] = None, mode
                      skipped: Optional[List[SkippedImage]] = None) -> Iterator[Tuple[str, np.ndarray]]:
     """Yield ``(key, uint8 (H, W, C))`` for the first ``max_images`` keys, in LMDB order.
 
-    Values that do not decode are reported (a warning naming the key), appended to ``skipped``
-    and skipped, as :func:`gangealing.data.images.iter_images` does for files. ``max_images``
+    Values that do not decode are skipped and reported once, in ``skipped`` or else as a warning
+    naming the key, as :func:`gangealing.data.images.iter_images` does for files. ``max_images``
     counts keys, not decoded images (as the original).
     """
     path = find_lmdb(folder)
@@ -103,9 +102,6 @@ def iter_lmdb_images(folder: os.PathLike, max_images: Optional[int] = None, mode
                 try:
                     yield name, decode_image_bytes(bytes(value), f"{path}[{name}]", mode)
                 except UnreadableImage as e:
-                    warnings.warn(f"skipping {path}[{name}]: {e.reason}", stacklevel=2)
-                    log.warning("skipping %s[%s]: %s", path, name, e.reason)
-                    if skipped is not None:
-                        skipped.append(SkippedImage(f"{path}[{name}]", e.reason))
+                    report_skipped(skipped, f"{path}[{name}]", e.reason)
     finally:
         env.close()
