@@ -110,6 +110,14 @@ def test_output_file_under_dev_null(ckpt, photos, capsys, command):
     assert "/dev/null" in error_line(capsys)
 
 
+@pytest.mark.parametrize("argv", [["prepare", "images", "PHOTOS", "/dev/null/prepared", "--size", "8"],
+                                  ["convert", "CKPT", "/dev/null/x.pt"], ["demo", "--out", "/dev/null/report"]])
+def test_outputs_under_dev_null_are_refused_in_one_line(ckpt, photos, capsys, argv):
+    argv = [str(photos) if a == "PHOTOS" else str(ckpt) if a == "CKPT" else a for a in argv]
+    assert main(argv) == 1
+    assert "/dev/null, which is not a folder" in error_line(capsys)
+
+
 @pytest.mark.parametrize("content, words", [
     (b"", "is empty (0 bytes)"),
     ("truncated", "is truncated or corrupt"),

@@ -38,13 +38,18 @@ def atomic_write(path: PathLike, write: Callable[[IO], None], binary: bool = Tru
     return path
 
 
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 def check_output_folder(path: PathLike) -> Path:
     """``path`` as a folder to write into; a ``ValueError`` when it is a file or lies under one
     (``/dev/null/out``), before any work is done."""
     p = Path(path)
-    probe = p
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    probe = _existing(p)
     if not probe.is_dir():
         where = "is a file" if probe == p else f"lies under {probe}, which is not a folder"
         raise ValueError(f"output folder {path} {where}; choose a folder for the outputs")
@@ -52,9 +57,11 @@ def check_output_folder(path: PathLike) -> Path:
 
 
 def check_output_file(path: PathLike) -> Path:
-    """``path`` as a file to write; a ``ValueError`` when it is a folder or its folder cannot exist."""
+    """``path`` as a file to write; a ``ValueError`` when it is a folder or lies under a file."""
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"output {path} is a folder; give a file name")
-    check_output_folder(p.parent)
+    probe = _existing(p.parent)
+    if not probe.is_dir():
+        raise ValueError(f"output {path} lies under {probe}, which is not a folder; choose another path")
     return p

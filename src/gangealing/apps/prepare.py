@@ -36,6 +36,7 @@ from ..data.images import (MAX_IMAGE_FILE_BYTES, MemberTooLarge, SkippedImage, U
                            is_image_file, iter_images, list_images, read_image, report_skipped)
 from ..data.keypoints import KeypointSample, write_keypoints
 from ..data.preprocess import PAD_MODES, preprocess, preprocess_transform
+from ..fileio import check_output_folder
 
 __all__ = ["PrepareResult", "is_archive", "open_source", "prepare_spair", "prepare_cub", "prepare_lsun",
            "prepare_images"]
@@ -153,7 +154,7 @@ class _Writer:
     """Streams uint8 ``(S, S, C)`` images into ``images.npy`` of a fresh temporary output folder."""
 
     def __init__(self, out: Path, capacity: int, size: int, channels: int = 3, overwrite: bool = False):
-        out = Path(out)
+        out = check_output_folder(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
             raise FileExistsError(f"{out}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..checkpoint import save_checkpoint
+    from ..fileio import check_output_file
     from ..io import import_checkpoint
 
     src, dst = Path(args.input), Path(args.output)
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("error: OUTPUT is the input file; inputs are never overwritten. Choose another path.")
     if dst.exists() and not args.overwrite:
         raise SystemExit(f"error: {dst} exists; pass --overwrite to replace it")
+    check_output_file(dst)
     ckpt, what = import_checkpoint(src, trust_pickle=args.trust_pickle, num_fp16_res=args.num_fp16_res,
                                    inject=args.inject)
     save_checkpoint(ckpt, dst)

@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..apps.demo import run_demo, run_from_scratch
+    from ..fileio import check_output_folder
+
+    check_output_folder(args.out)
 
     if args.from_scratch:
         r = run_from_scratch(args.out, minutes=args.minutes, data=args.data, device=args.device, seed=args.seed,
