@@ -206,3 +206,14 @@ def test_key_error_with_a_message_is_shown_as_is():
 
     assert error_message(KeyError("unknown class 'x' of mnist")) == "unknown class 'x' of mnist"
     assert error_message(KeyError("points")).startswith("missing entry 'points'")
+
+
+def test_ctrl_c_is_one_line(monkeypatch, capsys):
+    import gangealing.commands.info as info
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(info, "run", interrupted)
+    assert main(["info", "x.pt"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

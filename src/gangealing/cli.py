@@ -8,7 +8,8 @@ other file.
 Errors the user can act on (the project's own, which are ``ValueError`` / ``OSError`` subclasses,
 and ``ValueError``, ``OSError``, ``KeyError``, a missing optional extra, running out of memory) end the command with one
 ``error:`` line on stderr and exit status 1; ``--debug`` shows the traceback instead. Flags are
-range-checked where they are parsed (:mod:`gangealing.commands._common`), exit status 2.
+range-checked where they are parsed (:mod:`gangealing.commands._common`), exit status 2. Ctrl+C
+prints ``interrupted`` (status 130).
 """
 from __future__ import annotations
 
@@ -102,6 +103,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"error: {error_message(e, getattr(args, 'out', None))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130  # the shell's status for SIGINT
     finally:
         _close_distributed()
 
