@@ -23,3 +23,17 @@ try:  # Property tests draw the same examples on every run: CI failures reproduc
     settings.load_profile("gangealing")
 except ImportError:  # pragma: no cover - hypothesis is a test extra
     pass
+
+
+@pytest.fixture
+def noise_images(tmp_path):
+    """A folder of six random 12 x 10 RGB PNGs (tiny GAN training data)."""
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path / "data"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return d

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ._common import Formatter
+from ._common import Formatter, positive_float
 
 ORDER = 10
 
@@ -35,7 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="starting config (default: tiny; on resume the run's own)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this process's GPU if any, else CPU)")
     p.add_argument("--cache-dir", default=None, help="where prepared datasets are cached (default $GANGEALING_CACHE or ~/.cache/gangealing)")
-    p.add_argument("--max-seconds", type=float, default=None, help="stop (with a checkpoint) after this long; rerun to continue")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=positive_float, default=None,
+                        help="stop cleanly (with a checkpoint) after this many minutes of wall clock; rerun to continue")
+    budget.add_argument("--max-seconds", type=positive_float, default=None, help="the same budget in seconds")
     p.add_argument("--export", default=None, metavar="FILE", help="after training, write the EMA generator alone to FILE")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     helps = {
@@ -49,7 +52,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "path_reg": "path-length regularisation weight (0 = off)", "g_reg_every": "path-length reg every N steps",
         "path_batch_shrink": "batch divisor for the path-length pass", "mixing": "style-mixing probability",
         "ema_kimg": "EMA half-life in thousands of images", "ema_rampup": "EMA ramp-up (0 = off)",
-        "augment": "auto (diffaug below 30k images), diffaug or none",
+        "augment": "auto (diffaug below 30k images), diffaug, ada (adaptive, StyleGAN2-ADA) or none",
+        "ada_target": "ADA: target of E[sign D(real)] (overfitting heuristic)",
+        "ada_kimg": "ADA: thousands of images for p to go from 0 to 1",
+        "ada_interval": "ADA: adjust p every N steps",
+        "ada_policy": "ADA ops: auto (translation,scale,rotation,brightness,contrast, + xflip with --mirror) or a "
+                      "comma list of xflip, translation, scale, rotation, brightness, contrast",
+        "ada_max_angle": "ADA: largest rotation in degrees",
         "augment_policy": "DiffAugment ops: color, translation, cutout", "augment_p": "probability of each op",
         "seed": "random seed", "amp": "bf16 mixed precision (GPU only)", "log_every": "metrics every N steps",
         "sample_every": "sample grid every N steps", "ckpt_every": "checkpoint every N steps",
@@ -70,6 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import signal
 
     from ..train.gan import GANTrainConfig, export_generator, resolve_config, saved_train_config, train_gan
 
@@ -84,9 +94,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args.preset or "tiny", data=args.data, **given)
     result = train_gan(cfg, args.out, device=args.device, cache_dir=args.cache_dir,
-                       show_progress=not args.no_progress, max_seconds=args.max_seconds)
+                       show_progress=not args.no_progress,
+                       max_seconds=args.minutes * 60 if args.minutes is not None else args.max_seconds)
     if args.export:
         export_generator(args.out, args.export)
     print(json.dumps({"step": result.step, "checkpoint": str(result.checkpoint), "seconds": round(result.seconds, 1),
+                      **({"stopped_by": result.stopped_by} if result.stopped_by else {}),
                       **{k: round(v, 4) for k, v in result.metrics.items()}}))
-    return 0
+    if result.step < cfg.iters:
+        print(f"stopped{' by ' + result.stopped_by if result.stopped_by else ''} at step {result.step} with a "
+              f"checkpoint; rerun the same command to continue ({args.out})")
+    # The shell's convention for a signal (128 + its number), so `train-gan && next` stops too.
+    return 128 + signal.Signals[result.stopped_by] if result.stopped_by else 0

@@ -127,6 +127,28 @@ class FDResult:
     features: str = "mobilenet_v2 features[18], spatial mean, 1280-d"
 
 
+def generator_sampler(generator: nn.Module, psi: float = 1.0, seed: int = 0) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """``sample(b, g)``: ``b`` images (B, 3, S, S) of a gangealing ``Generator`` from random z and noise drawn from ``g``."""
+    device = next(generator.parameters()).device
+    w_avg = generator.mean_latent(4096, torch.Generator(device=device).manual_seed(seed)) if psi != 1 else None
+
+    def sample(b: int, g: torch.Generator) -> torch.Tensor:
+        z = torch.randn(b, generator.style_dim, generator=g).to(device)
+        noise = [torch.randn(s, generator=g).to(device) for s in generator.noise_shapes(b)]
+        return generator(z=z, psi=psi, w_avg=w_avg, noise=noise)  # (B, 3, S, S)
+
+    return sample
+
+
+@torch.no_grad()
+def generator_features(generator: nn.Module, n_fake: int, extractor: MobileNetFeatures, batch: int = 100,
+                       seed: int = 0, psi: float = 1.0) -> torch.Tensor:
+    """Features (n_fake, 1280) of ``n_fake`` samples (random z from ``seed``, random noise)."""
+    device = next(generator.parameters()).device
+    return extract_features(extractor, generated_batches(generator_sampler(generator, psi, seed), n_fake, batch, seed),
+                            device)
+
+
 def generator_fd(generator: nn.Module, real_images: Union[np.ndarray, torch.Tensor], n_fake: int = 5000,
                  n_real: Optional[int] = None, extractor: Optional[MobileNetFeatures] = None,
                  real_stats: Optional[FeatureStats] = None, batch: int = 100, seed: int = 0,
@@ -140,13 +162,5 @@ def generator_fd(generator: nn.Module, real_images: Union[np.ndarray, torch.Tens
     if real_stats is None:
         n_real = len(real_images) if n_real is None else min(n_real, len(real_images))
         real_stats = feature_stats(extract_features(extractor, real_batches(real_images, n_real, batch), device))
-    w_avg = generator.mean_latent(4096, torch.Generator(device=device).manual_seed(seed)) if psi != 1 else None
-
-    def sample(b: int, g: torch.Generator) -> torch.Tensor:
-        z = torch.randn(b, generator.style_dim, generator=g).to(device)
-        noise = [torch.randn(s, generator=g).to(device) for s in generator.noise_shapes(b)]
-        return generator(z=z, psi=psi, w_avg=w_avg, noise=noise)  # (B, 3, S, S)
-
-    with torch.no_grad():
-        fake = feature_stats(extract_features(extractor, generated_batches(sample, n_fake, batch, seed), device))
+    fake = feature_stats(generator_features(generator, n_fake, extractor, batch, seed, psi))
     return FDResult(frechet_distance(real_stats, fake), real_stats.count, fake.count, extractor.resolution)

@@ -31,7 +31,6 @@ import copy
 import dataclasses
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -43,9 +42,10 @@ from torch import Tensor, nn
 from ..build import build, make_checkpoint
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import DiscriminatorConfig, GeneratorConfig
-from .augment import diff_augment, parse_policy
-from .runtime import (DistInfo, MetricsLogger, RunDir, all_reduce_dict, all_reduce_grads, all_reduce_mean,
-                      broadcast_module, ema_update, init_distributed, progress, seed_everything)
+from .augment import ADA_DEFAULT_POLICY, AdaptiveP, ada_augment, diff_augment, parse_ada_policy, parse_policy
+from .runtime import (DistInfo, MetricsLogger, RunDir, StopOnSignal, all_reduce_dict, all_reduce_grads,
+                      all_reduce_mean, any_process, broadcast_module, check_resume_settings, ema_update,
+                      init_distributed, progress, seed_everything)
 
 AUTO_AUGMENT_MAX_IMAGES = 30_000
 
@@ -85,6 +85,12 @@ class GANTrainConfig:
     augment: str = "auto"
     augment_policy: str = "color,translation,cutout"
     augment_p: float = 1.0
+    # adaptive discriminator augmentation (augment='ada'); see gangealing.train.augment.AdaptiveP
+    ada_target: float = 0.6
+    ada_kimg: float = 100.0
+    ada_interval: int = 4
+    ada_policy: str = "auto"  # auto: translation,scale,rotation,brightness,contrast (+ xflip with --mirror)
+    ada_max_angle: float = 180.0
     seed: int = 0
     amp: bool = True
     # bookkeeping
@@ -96,6 +102,31 @@ class GANTrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validate(self) -> "GANTrainConfig":
+        """Raise ValueError naming the first setting out of range; return self."""
+        positive = ("size", "style_dim", "n_mlp", "g_max_channels", "d_max_channels", "batch", "iters", "lr",
+                    "log_every", "sample_every", "ckpt_every", "n_sample", "ada_kimg", "ada_interval",
+                    "g_channel_multiplier", "d_channel_multiplier", "path_batch_shrink")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.size < 4 or self.size & (self.size - 1):
+            raise ValueError(f"--size must be a power of two >= 4, got {self.size}")
+        for name in ("r1", "path_reg", "ema_kimg", "ema_rampup", "keep", "d_reg_every", "g_reg_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2", "mixing", "augment_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if self.augment not in ("auto", "diffaug", "ada", "none"):
+            raise ValueError(f"--augment must be auto, diffaug, ada or none, got {self.augment!r}")
+        if not 0 < self.ada_target < 1:
+            raise ValueError(f"--ada-target must be in (0, 1), got {self.ada_target}")
+        parse_policy(self.augment_policy)
+        if self.ada_policy != "auto":
+            parse_ada_policy(self.ada_policy)
+        return self
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GANTrainConfig":
@@ -151,6 +182,7 @@ class TrainResult:
     checkpoint: Optional[Path]
     metrics: Dict[str, float]
     seconds: float
+    stopped_by: Optional[str] = None  # 'SIGINT' / 'SIGTERM' when a signal stopped the run (with a checkpoint)
 
 
 # ------------------------------------------------------------------------------------ pieces
@@ -218,27 +250,28 @@ class GANTrainer:
     def __init__(self, cfg: GANTrainConfig, out: Union[str, Path], dist_info: Optional[DistInfo] = None,
                  device: Union[str, torch.device, None] = None, cache_dir: Optional[Union[str, Path]] = None,
                  show_progress: bool = True, tensorboard: bool = True):
-        from ..data import prepare_dataset
-
+        cfg.validate()  # before anything is written
         self.di = dist_info or init_distributed(device)
         self.device = self.di.device
-        self.run = RunDir(out, keep=cfg.keep, is_primary=self.di.is_primary)
         self.show_progress = show_progress and self.di.is_primary
         self.tensorboard = tensorboard
+        self.run = RunDir(out, keep=cfg.keep, is_primary=self.di.is_primary).acquire()  # one training per folder
+        try:
+            self._setup(cfg, cache_dir)
+        except BaseException:
+            self.run.release()
+            raise
+
+    def _setup(self, cfg: GANTrainConfig, cache_dir: Optional[Union[str, Path]]) -> None:
+        from ..data import prepare_dataset
 
         resume_path = self.run.latest_checkpoint()
         resume = None
         if resume_path is not None:
             resume = torch.load(resume_path, map_location="cpu", weights_only=True)
             saved = GANTrainConfig.from_dict(dict(resume["meta"]["train_config"]))
-            changed = [f.name for f in dataclasses.fields(cfg)
-                       if f.name not in RESUMABLE and getattr(cfg, f.name) != getattr(saved, f.name)]
-            if changed:
-                diffs = ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in changed)
-                raise ValueError(f"{out} holds a run with different settings ({diffs}); resume it with its own "
-                                 "settings or choose a new --out folder")
-        self.cfg = cfg
-        self.run.save_config(cfg)
+            check_resume_settings(saved, cfg, RESUMABLE, where=str(self.run.path))
+        self.cfg = cfg.validate()
 
         # Data: prepared once (primary first, so other processes read the cache).
         if not self.di.is_primary:
@@ -249,9 +282,6 @@ class GANTrainer:
         if self.di.is_primary:
             from .runtime import barrier
             barrier()
-        for s in self.data.skipped:
-            if self.di.is_primary:
-                warnings.warn(f"skipped unreadable image {s.path}: {s.reason}", stacklevel=2)
         if self.data.channels != 3:
             raise ValueError("GAN training needs RGB data (prepare it with image_mode='RGB')")
         # Small sets live on the device as uint8; big ones are read from the memory map per batch.
@@ -259,9 +289,15 @@ class GANTrainer:
         self.images = self.data.uint8().to(self.device) if nbytes < 2**31 else None
         self.augment = cfg.augment if cfg.augment != "auto" else (
             "diffaug" if len(self.data) < AUTO_AUGMENT_MAX_IMAGES else "none")
-        if self.augment not in ("diffaug", "none"):
-            raise ValueError(f"augment must be 'auto', 'diffaug' or 'none', got {cfg.augment!r}")
+        if self.augment not in ("diffaug", "ada", "none"):
+            raise ValueError(f"augment must be 'auto', 'diffaug', 'ada' or 'none', got {cfg.augment!r}")
         self.policy = parse_policy(cfg.augment_policy)
+        self.ada_policy = ada_policy(cfg)
+        self.ada = AdaptiveP(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval)
+        if len(self.data) < cfg.batch:
+            raise ValueError(f"{cfg.data}: {len(self.data)} images, fewer than one batch of {cfg.batch}; "
+                             "add images or lower --batch")
+        self.run.save_config(cfg)  # only once the settings and the data have passed their checks
 
         # Models and optimisers.
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
@@ -293,6 +329,8 @@ class GANTrainer:
         self.g_optim.load_state_dict(tr["g_optim"])
         self.d_optim.load_state_dict(tr["d_optim"])
         self.mean_path = tr["mean_path"].to(self.device)
+        if "ada" in tr:
+            self.ada.load_state_dict(tr["ada"])
         self.step = int(ckpt["step"])
         if self.di.rank == 0:
             self.g_data.set_state(tr["rng_data"])
@@ -316,6 +354,7 @@ class GANTrainer:
             "mean_path": self.mean_path.detach().cpu(),
             "rng_data": _gen_state(self.g_data),
             "rng_noise": _gen_state(self.g_noise),
+            "ada": self.ada.state_dict(),
         }
         return d
 
@@ -339,6 +378,8 @@ class GANTrainer:
     def _aug(self, x: Tensor) -> Tensor:
         if self.augment == "none":
             return x
+        if self.augment == "ada":
+            return ada_augment(x, self.ada.p, self.ada_policy, self.g_noise, self.cfg.ada_max_angle)
         return diff_augment(x, self.policy, self.cfg.augment_p, self.g_noise)
 
     def _autocast(self):
@@ -372,13 +413,23 @@ class GANTrainer:
         d_loss.backward()
         all_reduce_grads(D)
         self.d_optim.step()
+        real_sign = real_pred.detach().float().sign().mean()
         out.update(loss_d=d_loss.detach(), real_score=real_pred.detach().float().mean(),
-                   fake_score=fake_pred.detach().float().mean(),
-                   real_sign=real_pred.detach().float().sign().mean())
+                   fake_score=fake_pred.detach().float().mean(), real_sign=real_sign)
+        if self.augment == "ada":  # p follows E[sign D(real)] over all processes
+            n_real = cfg.batch * self.di.world_size
+            self.ada.update(float(all_reduce_mean(real_sign)) * n_real, n_real)
+            out["ada_p"] = torch.tensor(self.ada.p)
 
         if cfg.r1 > 0 and cfg.d_reg_every > 0 and self.step % cfg.d_reg_every == 0:
-            real_r = real.detach().requires_grad_(True)
-            pred = D(self._aug(real_r))
+            if self.augment == "ada":
+                # ADA's resampling has no double backward (grid_sample's backward is not
+                # differentiable): penalise the gradient at the augmented reals D actually sees.
+                real_r = self._aug(real.detach()).detach().requires_grad_(True)
+                pred = D(real_r)
+            else:
+                real_r = real.detach().requires_grad_(True)
+                pred = D(self._aug(real_r))
             r1 = r1_penalty(pred, real_r)
             self.d_optim.zero_grad(set_to_none=True)
             (cfg.r1 / 2 * r1 * cfg.d_reg_every + 0 * pred[0, 0]).backward()
@@ -429,12 +480,19 @@ class GANTrainer:
                          nrow=int(math.ceil(math.sqrt(self.cfg.n_sample))))
 
     def train(self, max_seconds: Optional[float] = None) -> TrainResult:
-        """Run until ``cfg.iters`` (or ``max_seconds``), checkpointing, logging and sampling on the way."""
+        """Run until ``cfg.iters`` (or ``max_seconds``, or SIGINT / SIGTERM), checkpointing, logging and
+        sampling on the way; a stop for time or a signal saves a checkpoint first. The run folder is
+        released when it returns."""
+        with self.run.acquire(), StopOnSignal(announce=self.di.is_primary) as signals:
+            return self._train(signals, max_seconds)
+
+    def _train(self, signals: StopOnSignal, max_seconds: Optional[float]) -> TrainResult:
         cfg = self.cfg
         t0 = time.time()
         last_ckpt = self.run.latest_checkpoint()
+        stopped_by = None
         metrics = MetricsLogger(self.run.path / "metrics.jsonl", enabled=self.di.is_primary,
-                                tensorboard=self.di.is_primary and self.tensorboard)
+                                tensorboard=self.di.is_primary and self.tensorboard, resume_step=self.step)
         if self.step == 0 and self.di.is_primary:
             self.save_samples()
         bar = progress(cfg.iters, self.step, desc="train-gan", enabled=self.show_progress)
@@ -447,7 +505,8 @@ class GANTrainer:
                 out = self.train_step()
                 for k, v in out.items():
                     if not torch.isfinite(v):
-                        raise FloatingPointError(f"{k} became {v.item()} at step {self.step}: lower --lr or raise --r1")
+                        raise ValueError(f"training diverged: {k} became {v.item()} at step {self.step} (the last "
+                                         "checkpoint is kept); start a new --out with a lower --lr or a higher --r1")
                     acc[k] = acc.get(k, 0.0) + float(v)
                     counts[k] = counts.get(k, 0) + 1
                 n_acc += 1
@@ -470,13 +529,22 @@ class GANTrainer:
                 if self.step % cfg.ckpt_every == 0 or done:
                     last_ckpt = self.save()
                 # Every process must agree to stop (a collective), or the others would wait forever.
-                if max_seconds is not None and all_reduce_mean(float(time.time() - t0 > max_seconds)).item() > 0:
+                out_of_time = max_seconds is not None and time.time() - t0 > max_seconds
+                if not done and any_process(signals.requested or out_of_time):
                     last_ckpt = self.save()
+                    stopped_by = signals.signal_name if signals.requested else None
                     break
         finally:
             bar.close()
             metrics.close()
-        return TrainResult(self.step, self.run.path, last_ckpt, last, time.time() - t0)
+        return TrainResult(self.step, self.run.path, last_ckpt, last, time.time() - t0, stopped_by)
+
+
+def ada_policy(cfg: GANTrainConfig) -> tuple:
+    """The ADA ops of a config: its ``ada_policy``, or for 'auto' the default ops plus x-flip when ``mirror``."""
+    if cfg.ada_policy == "auto":
+        return (("xflip",) if cfg.mirror else ()) + ADA_DEFAULT_POLICY
+    return parse_ada_policy(cfg.ada_policy)
 
 
 def train_gan(cfg: GANTrainConfig, out: Union[str, Path], device: Union[str, torch.device, None] = None,
@@ -523,21 +591,74 @@ def export_generator(run_or_ckpt: Union[str, Path], out: Union[str, Path]) -> Pa
     return save_checkpoint(small, out)
 
 
+@dataclass(frozen=True)
+class GANEvaluation:
+    """What ``eval-gan`` measures: Fréchet distance, precision and recall (k-NN manifolds), optionally
+    the digit histogram of MNIST generators and the path of the fixed-seed sample grid."""
+
+    fd: float
+    precision: float
+    recall: float
+    k: int
+    n_real: int
+    n_fake: int
+    resolution: int
+    digits: Optional[Any] = None  # gangealing.metrics.digits.DigitHistogram
+    grid: Optional[Path] = None
+    features: str = "mobilenet_v2 features[18], spatial mean, 1280-d"
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("digits", "grid")}
+        d.update(self.digits.to_dict() if self.digits is not None else {})
+        if self.grid is not None:
+            d["grid"] = str(self.grid)
+        return d
+
+
+def is_mnist_source(source: Optional[str]) -> bool:
+    """Whether a data source names the embedded MNIST (``mnist`` or ``mnist:3``), whose digits can be read."""
+    from ..data.embedded import is_embedded_name, parse_name
+
+    return bool(source) and is_embedded_name(source) and parse_name(source)[0] == "mnist"
+
+
+def sample_grid(G: nn.Module, out: Union[str, Path], n: int = 64, seed: int = 0) -> Path:
+    """Write the EMA generator's images of ``n`` fixed latents (from ``seed``, constant noise) as a square grid."""
+    from ..vis import save_grid
+
+    dev = next(G.parameters()).device
+    z = torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+    with torch.no_grad():
+        img = torch.cat([G(z=z[i:i + 64], noise="const") for i in range(0, n, 64)]).clamp(-1, 1)
+    return save_grid(img.cpu(), out, nrow=int(math.ceil(math.sqrt(n))))
+
+
 def evaluate_gan(run_or_ckpt: Union[str, Path], data: Optional[str] = None, n_fake: int = 5000,
                  n_real: Optional[int] = None, resolution: Optional[int] = None, batch: int = 100, seed: int = 0,
                  psi: float = 1.0, device: Union[str, torch.device, None] = None,
-                 cache_dir: Optional[Union[str, Path]] = None, split: Optional[str] = None):
-    """Fréchet distance (:mod:`gangealing.metrics.fid`) between a checkpoint's EMA generator and real images.
+                 cache_dir: Optional[Union[str, Path]] = None, split: Optional[str] = None, k: int = 3,
+                 digits: Optional[bool] = None, n_digits: int = 10_000,
+                 grid: Optional[Union[str, Path]] = None) -> GANEvaluation:
+    """Measure a checkpoint's EMA generator against real images (see :class:`GANEvaluation`).
 
     Real images: ``data`` (default: the run's training data, same size and crop/pad mode as in
-    training; ``split`` defaults to the run's), the first ``n_real`` of them (default ``n_fake``).
-    Returns a :class:`gangealing.metrics.fid.FDResult`.
+    training; ``split`` defaults to the run's), ``n_real`` of them spread over the set (default
+    ``n_fake``). Fréchet distance (:mod:`gangealing.metrics.fid`) and precision / recall
+    (:mod:`gangealing.metrics.coverage`, ``k``-NN) on the same MobileNetV2 features of the same
+    samples. ``digits`` (default: when the data is the embedded MNIST): the digit histogram of
+    ``n_digits`` samples (:mod:`gangealing.metrics.digits`). ``grid``: write the 8 x 8 fixed-seed
+    sample grid there.
     """
     from ..build import build_from_checkpoint
     from ..data import prepare_dataset
-    from ..metrics.fid import DEFAULT_RESOLUTION, MobileNetFeatures, generator_fd
+    from ..metrics.coverage import precision_recall
+    from ..metrics.fid import (DEFAULT_RESOLUTION, MobileNetFeatures, extract_features, feature_stats,
+                               frechet_distance, generator_features, real_batches)
     from .runtime import pick_device
 
+    if n_fake < 2 or (n_real is not None and n_real < 2) or n_digits < 1 or k < 1:
+        raise ValueError(f"--n and --n-real must be at least 2 and --k, --n-digits positive "
+                         f"(got n={n_fake}, n_real={n_real}, k={k}, n_digits={n_digits})")
     path = resolve_checkpoint(run_or_ckpt)
     ckpt = load_checkpoint(path)
     dev = pick_device(device)
@@ -549,7 +670,20 @@ def evaluate_gan(run_or_ckpt: Union[str, Path], data: Optional[str] = None, n_fa
     prepared = prepare_dataset(source, G.size, tc.get("pad", "center"), cache_dir, split=split or tc.get("split", "train"))
     # Spread the real subset over the whole set (prepared datasets can be sorted by class or folder).
     n_real = min(n_real or n_fake, len(prepared))
+    if n_real <= k or n_fake <= k:
+        raise ValueError(f"precision/recall with k = {k} need more than {k} real and generated images "
+                         f"(got {n_real} real, {n_fake} generated)")
     idx = torch.randperm(len(prepared), generator=torch.Generator().manual_seed(seed))[:n_real].sort().values
     real = prepared.images[idx.numpy()]
     extractor = MobileNetFeatures(resolution=resolution or DEFAULT_RESOLUTION).to(dev)
-    return generator_fd(G, real, n_fake=n_fake, extractor=extractor, batch=batch, seed=seed, psi=psi)
+    real_f = extract_features(extractor, real_batches(real, n_real, batch), dev)
+    fake_f = generator_features(G, n_fake, extractor, batch, seed, psi)
+    fd = frechet_distance(feature_stats(real_f), feature_stats(fake_f))
+    pr = precision_recall(real_f, fake_f, k)
+    hist = None
+    if digits if digits is not None else is_mnist_source(source):
+        from ..metrics.digits import digit_histogram
+
+        hist = digit_histogram(G, n_digits, batch=max(batch, 100), seed=seed, psi=psi)
+    grid_path = sample_grid(G, grid) if grid is not None else None
+    return GANEvaluation(fd, pr.precision, pr.recall, k, n_real, n_fake, extractor.resolution, hist, grid_path)
