@@ -1,8 +1,12 @@
-"""Key points through mirrored alignment: flips and the left/right permutation are consistent."""
+"""Key points through mirrored alignment: flips and the left/right permutation are consistent.
+
+The transformer knows no coordinates: points go through its result with the pure functions of
+:mod:`gangealing.geometry.points` (the predictor's point methods are built on them)."""
 import torch
 
 from gangealing.config import STNConfig
 from gangealing.geometry.coords import hflip_points
+from gangealing.geometry.points import congeal_result, permute_keypoints, uncongeal_result
 from gangealing.models.stn import SpatialTransformer
 
 CFG = STNConfig(transforms=("similarity", "flow"), flow_size=64, input_size=128, channel_multiplier=0.125, max_channels=32)
@@ -24,8 +28,8 @@ def test_transfer_to_the_mirror_image_lands_on_the_mirrored_points(parity_dir):
         a, b = stn(x, flip="auto"), stn(x.flip(3), flip="auto")
         # An image and its mirror make opposite choices, so both align the same pixels.
         assert torch.equal(a.flipped, ~b.flipped)
-        out = stn.transfer_points(x, x.flip(3), pts, flip="auto", permutation=perm)
-        plain = stn.transfer_points(x, x.flip(3), pts, flip="auto")
+        plain = uncongeal_result(b, congeal_result(a, pts, 128), 128)
+        out = permute_keypoints(plain, perm, mask=a.flipped ^ b.flipped)
     expected = hflip_points(pts, 128)
     # Up to the congealed frame's quantisation (one 64-grid pixel is about 2 input pixels).
     assert (plain - expected).abs().max() < 2.5
@@ -37,13 +41,14 @@ def test_flip_none_and_auto_agree_where_nothing_is_mirrored(parity_dir):
     x = torch.load(parity_dir / "stn" / "inputs.pt")["x"]
     pts = torch.rand(4, 5, 2, generator=torch.Generator().manual_seed(1)) * 100 + 14
     with torch.no_grad():
-        flipped = stn(x, flip="auto").flipped
-        auto = stn.congeal_points(x, pts, flip="auto")
-        none = stn.congeal_points(x, pts)
+        res = stn(x, flip="auto")
+        flipped = res.flipped
+        auto = congeal_result(res, pts, 128)
+        none = congeal_result(stn(x), pts, 128)
     keep = ~flipped
     assert keep.any() and flipped.any()
     assert torch.equal(auto[keep], none[keep])
     # Mirrored rows congeal the mirrored point through the mirrored image.
     with torch.no_grad():
-        via_mirror = stn.congeal_points(x.flip(3), hflip_points(pts, 128))
+        via_mirror = congeal_result(stn(x.flip(3)), hflip_points(pts, 128), 128)
     assert torch.equal(auto[flipped], via_mirror[flipped])

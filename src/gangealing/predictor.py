@@ -486,18 +486,18 @@ class Congealer:
         return x, fr, res, (mirrored if mirrored is not None else no), flipped, heads
 
     def _congeal(self, images, points, cluster=None, legacy=False):
-        from .geometry.points import hflip_points_where
+        from .geometry.points import congeal_result, hflip_points_where
 
         x, fr, res, mirrored, flipped, heads = self._point_warp(images, cluster, None)
         pts = fr.to_input(points.to(self.device, torch.float32))
         pts = hflip_points_where(pts, x.size(-1), mirrored)
-        return self.stn._congeal(res, pts, x.size(-1), legacy), flipped, heads
+        return congeal_result(res, pts, x.size(-1), legacy=legacy), flipped, heads
 
     def _uncongeal(self, images, points, cluster=None, legacy=False, output_resolution=None):
-        from .geometry.points import hflip_points_where
+        from .geometry.points import hflip_points_where, uncongeal_result
 
         x, fr, res, mirrored, flipped, heads = self._point_warp(images, cluster, output_resolution)
-        out = self.stn._uncongeal(res, points.to(self.device, torch.float32), x.size(-1), legacy)
+        out = uncongeal_result(res, points.to(self.device, torch.float32), x.size(-1), legacy=legacy)
         out = hflip_points_where(out, x.size(-1), mirrored)  # back to the unmirrored input
         return fr.to_original(out), flipped, heads
 

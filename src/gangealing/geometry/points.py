@@ -65,6 +65,9 @@ __all__ = [
     "nearest_grid_index",
     "compose_similarity_flow",
     "hflip_points_where",
+    "repeat_rows",
+    "congeal_result",
+    "uncongeal_result",
     "permute_keypoints",
 ]
 
@@ -243,6 +246,30 @@ def transfer(
     if matrix_b is None:
         raise ValueError("transfer needs B's warp: grid_b or matrix_b")
     return uncongeal_similarity(congealed, matrix_b, target_size, congealed_size=frame, legacy=legacy)
+
+
+def repeat_rows(points: torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-image points ``(N, K, C)`` repeated for a result of ``rows = N M`` rows (M heads, image-major);
+    points that already have ``rows`` rows pass unchanged."""
+    reps = rows // points.size(0)
+    return points.repeat_interleave(reps, dim=0) if reps > 1 else points
+
+
+def congeal_result(res, points_px: torch.Tensor, input_size: Size, *, legacy: bool = False) -> torch.Tensor:
+    """:func:`congeal` through a transformer's result ``res`` (an ``AlignResult``: ``matrix``, ``flow``,
+    ``grid``), whose input the points ``(N, K, 2)`` are pixels of. With K heads the rows are ``N K``."""
+    return congeal(repeat_rows(points_px, res.grid.size(0)), input_size, matrix=res.matrix, flow=res.flow,
+                   legacy=legacy)
+
+
+def uncongeal_result(res, points_px: torch.Tensor, input_size: Size, *, legacy: bool = False) -> torch.Tensor:
+    """Congealed-frame points -> pixels of the transformer's input through its result ``res``: the
+    full grid sampled at the points with a flow (the congealed frame is the flow's size, whatever
+    the grid's resolution), the matrix in closed form for a similarity-only transformer."""
+    pts = repeat_rows(points_px, res.grid.size(0))
+    if res.flow is not None:
+        return uncongeal(pts, res.grid, input_size, congealed_size=tuple(res.flow.shape[1:3]), legacy=legacy)
+    return uncongeal_similarity(pts, res.matrix, input_size, legacy=legacy)
 
 
 def hflip_points_where(points: torch.Tensor, width: int, mask: torch.Tensor) -> torch.Tensor:

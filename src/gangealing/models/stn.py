@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -477,83 +477,6 @@ class SpatialTransformer(nn.Module):
             matrices=tuple(matrices),
             heads=heads if self.num_heads > 1 else None,
         )
-
-    # -- key points --------------------------------------------------------------------------
-
-    @staticmethod
-    def _rows(points: torch.Tensor, res: AlignResult) -> torch.Tensor:
-        """Repeat per-image points for K-head results (``N K`` rows); rows already expanded pass."""
-        reps = res.grid.size(0) // points.size(0)
-        return points.repeat_interleave(reps, dim=0) if reps > 1 else points
-
-    def _warp_for_points(self, images: torch.Tensor, output_resolution: Optional[int], iters: int, padding_mode: str,
-                         antialias: bool, heads: Optional[torch.Tensor], flip: str) -> AlignResult:
-        if flip == "none":
-            return self._forward(images, output_resolution, iters, padding_mode, antialias, heads, sample_output=False)
-        # Mirrored rows come back with grid and matrix addressing the unmirrored image, so the
-        # point maps below need no special case.
-        return self.forward(images, output_resolution=output_resolution, iters=iters, padding_mode=padding_mode,
-                            antialias=antialias, flip=flip, heads=heads)
-
-    def _congeal(self, res: AlignResult, points_px: torch.Tensor, size: int, legacy: bool) -> torch.Tensor:
-        from gangealing.geometry import points as P
-
-        return P.congeal(self._rows(points_px, res), size, matrix=res.matrix, flow=res.flow, legacy=legacy)
-
-    def _uncongeal(self, res: AlignResult, points_px: torch.Tensor, size: int, legacy: bool) -> torch.Tensor:
-        from gangealing.geometry import points as P
-
-        pts = self._rows(points_px, res)
-        if self.flow_net is not None:
-            return P.uncongeal(pts, res.grid, size, congealed_size=self.flow_size, legacy=legacy)
-        return P.uncongeal_similarity(pts, res.matrix, size, legacy=legacy)
-
-    def congeal_points(self, images: torch.Tensor, points_px: torch.Tensor, *, iters: int = 1, legacy: bool = False,
-                       padding_mode: str = "border", antialias: bool = True, heads: Optional[torch.Tensor] = None,
-                       flip: str = "none") -> torch.Tensor:
-        """Map key points ``(N, P, 2)`` (pixels of ``images``) into the congealed frame -> ``(N', P, 2)``.
-
-        The congealed frame is the flow grid (``flow_size`` pixels, points quantised to its pixel
-        centres) with a flow transform, else the similarity-aligned image at the input
-        resolution. Delegates to :func:`gangealing.geometry.points.congeal` (see there for
-        ``legacy``). With K heads and no ``heads``, rows are ``N K`` (image-major) and the points
-        are repeated per head. ``flip='auto'`` congeals through the mirrored image where the
-        transformer prefers it (the points are not relabelled; see :meth:`transfer_points`).
-        """
-        res = self._warp_for_points(images, None, iters, padding_mode, antialias, heads, flip)
-        return self._congeal(res, points_px, images.size(-1), legacy)
-
-    def uncongeal_points(self, images: torch.Tensor, points_px: torch.Tensor, *, output_resolution: Optional[int] = None,
-                         iters: int = 1, legacy: bool = False, padding_mode: str = "border", antialias: bool = True,
-                         heads: Optional[torch.Tensor] = None, flip: str = "none") -> torch.Tensor:
-        """Map congealed-frame key points ``(N, P, 2)`` (see :meth:`congeal_points`) into ``images`` (pixels).
-
-        With a flow the forward's grid (at ``output_resolution``, default flow_size) is sampled
-        at the points (:func:`gangealing.geometry.points.uncongeal`); similarity-only the matrix is
-        applied in closed form (:func:`gangealing.geometry.points.uncongeal_similarity`).
-        """
-        res = self._warp_for_points(images, output_resolution, iters, padding_mode, antialias, heads, flip)
-        return self._uncongeal(res, points_px, images.size(-1), legacy)
-
-    def transfer_points(self, images_a: torch.Tensor, images_b: torch.Tensor, points_px: torch.Tensor, *,
-                        output_resolution: Optional[int] = None, iters: int = 1, legacy: bool = False,
-                        padding_mode: str = "border", antialias: bool = True, heads: Optional[torch.Tensor] = None,
-                        flip: str = "none", permutation: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """Transfer key points ``(N, P, 2)`` of ``images_a`` to ``images_b`` (pixels) through the congealed frame.
-
-        ``flip='auto'`` lets each image be aligned through its mirror; where exactly one of A and
-        B is mirrored, a left point of A lands on B's right counterpart, so ``permutation``
-        (left/right swap of the key-point order) relabels the result: ``out[:, k] = t[:, permutation[k]]``.
-        With K heads (no ``heads``), A's ``N K`` rows meet B's ``N K`` rows head by head.
-        """
-        from gangealing.geometry.points import permute_keypoints
-
-        res_a = self._warp_for_points(images_a, None, iters, padding_mode, antialias, heads, flip)
-        res_b = self._warp_for_points(images_b, output_resolution, iters, padding_mode, antialias, heads, flip)
-        out = self._uncongeal(res_b, self._congeal(res_a, points_px, images_a.size(-1), legacy), images_b.size(-1), legacy)
-        if permutation is not None and res_a.flipped is not None:
-            out = permute_keypoints(out, permutation, mask=res_a.flipped ^ res_b.flipped)
-        return out
 
     # -- checkpoints -------------------------------------------------------------------------
 
