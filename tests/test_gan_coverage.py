@@ -219,3 +219,19 @@ def test_eval_gan_reports_coverage_digits_and_grid(tmp_path, capsys):
     assert w == h and w >= 8 * 32
     with pytest.raises(SystemExit):  # argparse: --n below 4 is a usage error
         main(["eval-gan", str(tmp_path / "g.pt"), "--n", "0"])
+
+
+def test_bench_generator_section_rows_and_table(tmp_path):
+    from gangealing.apps import bench as B
+    from gangealing.apps.bench_generators import GENERATORS, generator_rows, generators_markdown, real_vs_real_row
+
+    path = B.resolve_model_file(GENERATORS["gan-cat"].path)
+    assert path is not None, "models/gan-cat/generator.pt is committed"
+    rows = generator_rows({"gan-cat": path}, n=12)
+    rows.append(real_vs_real_row("animals:cat", n=12))
+    assert [r["generator"] for r in rows] == ["gan-cat", "real train vs real test"]
+    assert all(0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["fd"] > 0 for r in rows)
+    md = "\n".join(generators_markdown(rows))
+    assert "## Generators" in md and "| animals:cat | gan-cat |" in md and "ceiling" in md
+    res = B.BenchResult(config={}, generators=rows)
+    assert "## Generators" in B.to_markdown(res)

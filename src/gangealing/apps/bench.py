@@ -346,6 +346,8 @@ class BenchConfig:
     throughput_images: int = 200
     mask_resolution: int = 64  # congealed-frame resolution for mask transfer
     classic: bool = True
+    generators: bool = True  # the Generators section (apps/bench_generators.py)
+    generator_samples: int = 2000  # samples (and real images) per generator for FD / precision / recall
     # Training throughput: timed steps per preset after one warm-up step ((preset, steps) pairs;
     # 16 GAN steps span one lazy-R1 period of the tiny preset). Empty = not measured.
     gan_presets: Tuple[Tuple[str, int], ...] = (("tiny", 16),)
@@ -364,6 +366,7 @@ class BenchResult:
     clustering: List[Dict[str, Any]] = field(default_factory=list)
     throughput: List[Dict[str, Any]] = field(default_factory=list)
     train_throughput: List[Dict[str, Any]] = field(default_factory=list)
+    generators: List[Dict[str, Any]] = field(default_factory=list)
     models: Dict[str, str] = field(default_factory=dict)
     missing: List[str] = field(default_factory=list)
     environment: Dict[str, Any] = field(default_factory=dict)
@@ -610,6 +613,8 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
         if cfg.gan_presets or cfg.gangealing_presets:
             res.train_throughput = train_throughput(cfg, device=device, root=root)
         tick()
+        if cfg.generators:
+            res.generators = _generator_section(cfg, root, device)
     finally:
         bar.close()
     res.environment = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
@@ -617,6 +622,17 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
                            threads=torch.get_num_threads(), device=device)
     res.seconds = round(time.time() - t_start, 1)
     return res
+
+
+def _generator_section(cfg: BenchConfig, root, device: str) -> List[Dict[str, Any]]:
+    """Rows of the Generators section: each committed generator that exists, then each dataset's ceiling."""
+    from .bench_generators import GENERATORS, generator_rows, real_vs_real_row
+
+    found = {n: p for n, p in ((n, resolve_model_file(e.path, root)) for n, e in GENERATORS.items()) if p is not None}
+    rows = generator_rows(found, cfg.generator_samples, cfg.seed, device)
+    for data in sorted({GENERATORS[n].data for n in found}):
+        rows.append(real_vs_real_row(data, cfg.generator_samples, cfg.seed, device=device))
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -668,6 +684,10 @@ def to_markdown(res: BenchResult, command: str = "") -> str:
                 f"{r.get('flips', '–')} | {r['s_per_step']:.2f} | {r['images_per_s']:.1f} | {r['device']} | "
                 f"{r['threads']} |" for r in res.train_throughput]
         out.append("")
+    if res.generators:
+        from .bench_generators import generators_markdown
+
+        out += generators_markdown(res.generators)
     out += [f"Total time: {res.seconds} s; torch {res.environment.get('torch')}, "
             f"{res.environment.get('cpu_count')} CPUs visible, {res.environment.get('threads')} torch threads.", ""]
     return "\n".join(out)

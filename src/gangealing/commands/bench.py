@@ -5,7 +5,7 @@ import argparse
 import shlex
 import sys
 
-from ._common import Formatter
+from ._common import Formatter, int_range
 
 ORDER = 95
 
@@ -40,6 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-classic", action="store_true", help="skip the classic-congealing baseline")
     p.add_argument("--no-train-speed", action="store_true",
                    help="skip the training-throughput measures (a few timed steps per preset, about a minute on 2 cores)")
+    p.add_argument("--no-generators", action="store_true",
+                   help="skip the Generators section (FD, precision, recall, digit shares of each committed generator)")
+    p.add_argument("--generator-samples", type=int_range(4), default=d.generator_samples,
+                   help="generated (and real) images per generator in the Generators section")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of pairs, perturbations and points")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(pairs=args.pairs, animal_classes=tuple(args.classes), mnist_digits=args.digits, canvas=args.canvas,
                       cluster_images=args.cluster_images, throughput_images=args.throughput_images,
-                      classic=not args.no_classic, seed=args.seed,
+                      classic=not args.no_classic, seed=args.seed, generators=not args.no_generators,
+                      generator_samples=args.generator_samples,
                       **(dict(gan_presets=(), gangealing_presets=()) if args.no_train_speed else {}))
     paths = dict(item.split("=", 1) for item in args.model_path)
     res = run_bench(cfg, args.models, device=args.device, progress=not args.no_progress, paths=paths)
