@@ -1,5 +1,4 @@
 """PCK-transfer: parity with the official pck_transfer (parity/pck) and properties."""
-import importlib.util
 
 import pytest
 import torch
@@ -213,11 +212,9 @@ def test_part_b_oneway_pck_from_stored_estimates(pck_data):
 
 def _fixture_stn_fns(parity_dir):
     """(transfer_fn, pick_fn) from the fixture STN's warps and the pure geometry of this package."""
-    if importlib.util.find_spec("gangealing.models.stn") is None:
-        pytest.skip("gangealing.models.stn does not exist yet: Part B needs the transformer network")
-    from test_points import fixture_stn
+    from helpers import parity_stn
 
-    model = fixture_stn(parity_dir)
+    model = parity_stn(parity_dir)
 
     def transfer_fn(src, dst, points):
         a, b = model(src), model(dst)  # output resolution = flow size, as the official default

@@ -1,6 +1,5 @@
 """Key-point congeal / uncongeal / transfer: parity with the original on stored intermediates,
 and geometric properties."""
-import importlib.util
 import math
 
 import pytest
@@ -21,6 +20,7 @@ from gangealing.geometry.points import (
     uncongeal_norm,
     uncongeal_similarity,
 )
+from helpers import parity_stn
 
 PX_TOL = dict(rtol=0, atol=1e-3)  # key points: 1e-3 px
 
@@ -118,17 +118,7 @@ def test_sim_only_uncongeal_of_x_round_trips(stn_data):
 
 
 def fixture_stn(parity_dir):
-    """The fixture's composed STN, built by gangealing.models.stn (skipped while that does not exist)."""
-    if importlib.util.find_spec("gangealing.models.stn") is None:
-        pytest.skip("gangealing.models.stn does not exist yet: xB's warp is not stored in the fixtures")
-    from gangealing.config import STNConfig
-    from gangealing.models.stn import SpatialTransformer
-
-    cfg = STNConfig(transforms=("similarity", "flow"), flow_size=64, input_size=128, channel_multiplier=0.125,
-                    max_channels=32, num_heads=1)
-    model = SpatialTransformer(cfg)
-    model.load_original_state_dict(torch.load(parity_dir / "stn" / "stn.pt"))
-    return model.eval()
+    return parity_stn(parity_dir)
 
 
 def _stn_warps(parity_dir, images, output_resolution=None, iters=1):

@@ -4,18 +4,9 @@ The transformer knows no coordinates: points go through its result with the pure
 :mod:`gangealing.geometry.points` (the predictor's point methods are built on them)."""
 import torch
 
-from gangealing.config import STNConfig
 from gangealing.geometry.coords import hflip_points
 from gangealing.geometry.points import congeal_result, permute_keypoints, uncongeal_result
-from gangealing.models.stn import SpatialTransformer
-
-CFG = STNConfig(transforms=("similarity", "flow"), flow_size=64, input_size=128, channel_multiplier=0.125, max_channels=32)
-
-
-def _parity_stn(parity_dir):
-    stn = SpatialTransformer(CFG)
-    stn.load_original_state_dict(torch.load(parity_dir / "stn" / "stn.pt"))
-    return stn.eval()
+from helpers import parity_stn as _parity_stn
 
 
 def test_transfer_to_the_mirror_image_lands_on_the_mirrored_points(parity_dir):
