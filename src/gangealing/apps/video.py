@@ -343,23 +343,26 @@ def load_points(path: os.PathLike) -> torch.Tensor:
 
 
 def _edit_frames(congealer, x: torch.Tensor, edit, *, resolution: int, blend: str, kernel: str, sigma: float,
-                 opacity: float, label_opacity: float):
-    """Align a batch of frames (N, 3, H, W) and composite the edit: (edited frames, alignment)."""
+                 opacity: float, label_opacity: float, smoother=None):
+    """Align a batch of frames (N, 3, H, W) and composite the edit: (edited frames, alignment, grid used).
+
+    ``smoother`` (:class:`gangealing.apps.live.GridSmoother`) replaces the grids by their running average."""
     from ..edit import carry_labels, carry_rgba, composite, is_label_map, labels_to_edit, resize_edit, resize_labels
 
     res = congealer.align(x, output_resolution=resolution)
+    grid = res.grid if smoother is None else smoother(res.grid, res.flipped, res.cluster)
     if edit is None:
-        return x, res
+        return x, res, grid
     size = tuple(x.shape[-2:])
-    xd = x.to(res.grid.device)
+    xd = x.to(grid.device)
     if is_label_map(edit):
-        labels = carry_labels(resize_labels(edit.unsqueeze(0).to(res.grid.device), resolution), res.grid, size,
+        labels = carry_labels(resize_labels(edit.unsqueeze(0).to(grid.device), resolution), grid, size,
                               kernel=kernel, sigma=sigma)  # (N, H, W)
         overlay = labels_to_edit(labels, opacity=label_opacity)  # (N, 4, H, W)
-        return overlay[:, 3:] * overlay[:, :3] + (1 - overlay[:, 3:]) * xd, res
-    carried = carry_rgba(resize_edit(edit.unsqueeze(0).to(res.grid.device).float(), resolution), res.grid, size,
+        return overlay[:, 3:] * overlay[:, :3] + (1 - overlay[:, 3:]) * xd, res, grid
+    carried = carry_rgba(resize_edit(edit.unsqueeze(0).to(grid.device).float(), resolution), grid, size,
                          kernel=kernel, sigma=sigma, opacity=opacity)
-    return composite(xd, carried, blend), res
+    return composite(xd, carried, blend), res, grid
 
 
 @torch.no_grad()
@@ -383,6 +386,7 @@ def process_video(
     video_format: str = "mp4",
     dist: Any = None,
     progress: bool = True,
+    smooth: float = 0.0,
 ) -> VideoSummary:
     """Carry ``edit`` (RGBA ``(4, h, w)`` or label map ``(h, w)``) and/or ``points`` to every frame of ``source``.
 
@@ -396,6 +400,8 @@ def process_video(
         resolution: congealed-frame side sampled for the edit (default as :func:`gangealing.edit.propagate`).
         label_opacity: opacity of the colour-coded label overlay when ``edit`` is a label map.
         fps: output frame rate (default: the video's, else 30).
+        smooth: temporal smoothing of the warp in [0, 1), 0 = off (:class:`gangealing.apps.live.GridSmoother`;
+            under torchrun each process smooths its own chunk of frames).
     """
     from ..data.images import to_uint8, to_tensor
     from ..geometry.points import uncongeal
@@ -417,6 +423,9 @@ def process_video(
     cong_res = congealer.resolution(None)
     points_size = int(points_size or cong_res)
     mine = chunk_range(n, dist)
+    from .live import GridSmoother
+
+    smoother = GridSmoother(smooth) if smooth else None
     world = int(getattr(dist, "world_size", 1)) if dist is not None else 1
     parts = out_dir / ".parts"
     if world > 1:
@@ -445,8 +454,8 @@ def process_video(
         r = resolution
         if r is None:
             r = max(max(edit.shape[-2:]), max(x.shape[-2:])) if edit is not None else cong_res
-        edited, res = _edit_frames(congealer, x, edit, resolution=int(r), blend=blend, kernel=kernel, sigma=sigma,
-                                   opacity=opacity, label_opacity=label_opacity)
+        edited, res, grid = _edit_frames(congealer, x, edit, resolution=int(r), blend=blend, kernel=kernel,
+                                         sigma=sigma, opacity=opacity, label_opacity=label_opacity, smoother=smoother)
         frames = {}
         if edit is not None:
             frames["propagated"] = to_uint8(edited)
@@ -454,8 +463,8 @@ def process_video(
             cimg = res.images if int(r) == cong_res else congealer.align(x, output_resolution=cong_res).images
             frames["congealed"] = to_uint8(cimg)
         if points is not None:
-            p = points.to(res.grid.device, res.grid.dtype).unsqueeze(0).expand(x.size(0), -1, -1)
-            corr.append(uncongeal(p, res.grid, tuple(x.shape[-2:]), congealed_size=points_size).float().cpu().numpy())
+            p = points.to(grid.device, grid.dtype).unsqueeze(0).expand(x.size(0), -1, -1)
+            corr.append(uncongeal(p, grid, tuple(x.shape[-2:]), congealed_size=points_size).float().cpu().numpy())
         for j, (idx, _) in enumerate(batch):
             written.append(idx)
             for kind, arr in frames.items():

@@ -20,15 +20,8 @@ outputs (see docs/align.md):
 """
 
 
-def add_model_args(p: argparse.ArgumentParser, *, resolution: bool = True,
-                   input_size_default: str = "the size the model was trained at") -> None:
-    """Flags shared by the commands that apply a trained model to real images."""
-    p.add_argument("--ckpt", required=True,
-                   help="model checkpoint: our file, an original GANgealing .pt, or a released name "
-                        "(bicycle, car, cat, cat_ssl_mix6, celeba, cub, dog, horse, tvmonitor)")
-    if resolution:
-        p.add_argument("--output-resolution", type=image_side, default=None,
-                       help="side of the congealed images (default: the model's flow size)")
+def add_test_settings(p: argparse.ArgumentParser, input_size_default: str = "the size the model was trained at") -> None:
+    """The transformer's test-time settings: --iters, --padding, --flip, --input-size (also `gangealing export`'s)."""
     p.add_argument("--iters", type=positive_int, default=None,
                    help="similarity passes (default: the checkpoint's test setting, else 1)")
     p.add_argument("--padding", choices=("border", "reflection", "zeros"), default=None,
@@ -39,9 +32,26 @@ def add_model_args(p: argparse.ArgumentParser, *, resolution: bool = True,
     p.add_argument("--input-size", type=image_side, default=None,
                    help="side the transformer is fed at, a multiple of its flow size (the original's --real_size; "
                         f"default: {input_size_default})")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, resolution: bool = True,
+                   input_size_default: str = "the size the model was trained at", backend: bool = False) -> None:
+    """Flags shared by the commands that apply a trained model to real images."""
+    p.add_argument("--ckpt", required=True,
+                   help="model checkpoint: our file, an original GANgealing .pt, or a released name "
+                        "(bicycle, car, cat, cat_ssl_mix6, celeba, cub, dog, horse, tvmonitor)")
+    if resolution:
+        p.add_argument("--output-resolution", type=image_side, default=None,
+                       help="side of the congealed images (default: the model's flow size)")
+    add_test_settings(p, input_size_default)
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (per process)")
     p.add_argument("--device", type=device, default=None,
                    help="cpu, cuda, cuda:1 (default: this process's GPU if there is one, else cpu)")
+    if backend:
+        p.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch",
+                       help="run the transformer with PyTorch, or export it and run it with onnxruntime (the 'onnx' "
+                            "extra; CPU; a --ckpt ending in .onnx is an export and always runs so); auto: onnxruntime "
+                            "on the CPU when installed (measured 2-4x faster there, docs/video.md), else PyTorch")
 
 
 def load_congealer(args: argparse.Namespace):
@@ -51,6 +61,13 @@ def load_congealer(args: argparse.Namespace):
 
     dist = init_distributed(args.device)
     device = getattr(dist, "device", None) or args.device or "cpu"
+    backend = getattr(args, "backend", "torch")
+    if backend != "torch" or str(args.ckpt).lower().endswith(".onnx"):
+        from ..export import load_backend
+
+        congealer = load_backend(args, device, backend)
+        if congealer is not None:
+            return congealer, dist
     congealer = Congealer.from_checkpoint(args.ckpt, device=device, iters=args.iters, padding_mode=args.padding,
                                           flip=args.flip, output_resolution=getattr(args, "output_resolution", None),
                                           input_size=args.input_size)
@@ -67,7 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: new or empty, and not inside an input folder")
     p.add_argument("--overwrite", action="store_true",
                    help="reuse a non-empty --out: first remove the outputs of a previous align there (other files stay)")
-    add_model_args(p)
+    add_model_args(p, backend=True)
     p.add_argument("--cluster", type=non_negative_int, default=None,
                    help="clustering models: align every image in this cluster instead of asking the classifier")
     p.add_argument("--average-count", type=non_negative_int, default=None,

@@ -67,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--average", default=None, help="the average congealed image, to write the edit drawn on it")
     p.add_argument("--fill", type=non_negative_int, default=0, help="label maps: id of pixels no label lands on")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image format of the composited images")
-    add_model_args(p, resolution=False)
+    add_model_args(p, resolution=False, backend=True)
     return p
 
 

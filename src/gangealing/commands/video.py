@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import Formatter, image_side, int_range, positive_float, unit_float
+from ._common import Formatter, float_range, image_side, int_range, positive_float, unit_float
 
 ORDER = 36
 
@@ -47,11 +47,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--points-size", type=image_side, default=None,
                    help="side of the congealed frame --points are given in (default: the model's flow size)")
     p.add_argument("--congealed", action="store_true", help="also write the congealed video")
+    p.add_argument("--smooth", type=float_range(0.0, 1.0), default=0.0, metavar="A",
+                   help="temporal smoothing of the warp: each frame's grid becomes A * previous + (1 - A) * its own "
+                        "(0: off, every frame on its own; e.g. 0.6 calms jitter on real video); A < 1")
     p.add_argument("--label-opacity", type=unit_float, default=0.5, help="opacity of the colour-coded label overlay")
     p.add_argument("--fps", type=positive_float, default=None, help="output frame rate (default: the input video's, else 30)")
     p.add_argument("--format", choices=("mp4", "mov", "webm", "mkv", "gif"), default="mp4",
                    help="container of the written videos")
-    add_model_args(p, resolution=False)
+    add_model_args(p, resolution=False, backend=True)
     return p
 
 
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     summary = process_video(congealer, source, args.out, edit=edit, points=points, points_size=points_size,
                             congealed=args.congealed, batch_size=args.batch_size, resolution=args.resolution,
                             blend=args.blend, kernel=args.kernel, sigma=args.sigma, opacity=args.opacity,
-                            label_opacity=args.label_opacity, fps=args.fps, video_format=args.format, dist=dist)
+                            label_opacity=args.label_opacity, fps=args.fps, video_format=args.format, dist=dist,
+                            smooth=args.smooth)
     if is_main(dist):
         for s in summary.skipped:
             print(f"skipped frame {s.index} ({s.path}): {s.reason}")
