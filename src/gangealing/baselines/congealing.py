@@ -77,17 +77,22 @@ def _entropy(hist: torch.Tensor) -> torch.Tensor:
     return -(hist * hist.clamp(min=1e-12).log()).sum(dim=(-2, -1))
 
 
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (``sigma`` pixels, edges replicated) of ``(N, C, H, W)``; ``sigma <= 0``: unchanged."""
+    if sigma <= 0:
+        return images
+    c = images.size(1)
+    r = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-r, r + 1, device=images.device, dtype=images.dtype)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = k / k.sum()
+    out = F.conv2d(F.pad(images, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
 def _to_unit(images: torch.Tensor, blur: float) -> torch.Tensor:
     """Images in [-1, 1] -> grayscale in [0, 1], ``(N, 1, H, W)``, optionally Gaussian-blurred."""
-    unit = ((images.mean(dim=1, keepdim=True) + 1) / 2).clamp(0, 1)
-    if blur <= 0:
-        return unit
-    r = max(1, int(math.ceil(3 * blur)))
-    x = torch.arange(-r, r + 1, device=images.device, dtype=images.dtype)
-    k = torch.exp(-(x**2) / (2 * blur**2))
-    k = k / k.sum()
-    unit = F.conv2d(F.pad(unit, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(unit, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return gaussian_blur(((images.mean(dim=1, keepdim=True) + 1) / 2).clamp(0, 1), blur)
 
 
 def _render(unit: torch.Tensor, params: torch.Tensor, padding_mode: str) -> torch.Tensor:
