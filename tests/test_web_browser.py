@@ -31,8 +31,8 @@ def find_browser():
     return None
 
 
-@pytest.fixture(scope="module")
-def browser():
+def launch_browser(extra_args=()):
+    """Yield a headless Chromium (Playwright) started with ``extra_args``; skips the test without one."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -41,9 +41,14 @@ def browser():
     if exe is None:
         pytest.skip("no Chromium executable found (bash scripts/install_browser.sh, or set GANGEALING_CHROMIUM)")
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=exe, args=BROWSER_ARGS)
+        b = pw.chromium.launch(executable_path=exe, args=BROWSER_ARGS + list(extra_args))
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from launch_browser()
 
 
 @pytest.fixture(scope="module")

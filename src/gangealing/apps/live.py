@@ -79,12 +79,15 @@ class LiveEditor:
     """Carry one edit (RGBA ``(4, h, w)`` on the congealed frame) onto frame after frame.
 
     ``resolution``: side of the congealed frame splatted (default: the frame's longest side, so a
-    128 px frame splats 128^2 points); ``smooth``: temporal smoothing (module docstring).
+    128 px frame splats 128^2 points); ``smooth``: temporal smoothing (module docstring);
+    ``cluster``: clustering models, the cluster the edit was painted on (frames routed elsewhere
+    are shown unedited).
     """
 
     def __init__(self, congealer, edit: Optional[torch.Tensor] = None, *, resolution: Optional[int] = None,
-                 smooth: float = 0.0, opacity: float = 1.0, blend: str = "alpha"):
+                 smooth: float = 0.0, opacity: float = 1.0, blend: str = "alpha", cluster: Optional[int] = None):
         self.congealer = congealer
+        self.cluster = cluster
         self.resolution = resolution
         self.opacity = float(opacity)
         self.blend = blend
@@ -122,6 +125,8 @@ class LiveEditor:
         grid, flipped, cluster = frame_grid(self.congealer, x, r)
         grid = self.smoother(grid, flipped, cluster)
         edit = self._edit_at(r)
+        if self.cluster is not None and cluster is not None and int(cluster[0]) != self.cluster:
+            edit = None
         out = x
         if edit is not None:
             carried = carry_rgba(edit, grid, (h, w), opacity=self.opacity)

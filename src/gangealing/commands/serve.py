@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=positive_int, default=32, help="largest request in MiB")
     p.add_argument("--max-side", type=image_side, default=512, help="uploaded images are downscaled to this long side")
     p.add_argument("--cluster", type=non_negative_int, default=0, help="clustering models: the cluster whose average is edited")
+    p.add_argument("--live-backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="what aligns live video frames: onnxruntime (the 'onnx' extra; auto uses it on the CPU when "
+                        "installed, measured faster, docs/web.md) or PyTorch")
     p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:1 (default: a GPU if there is one, else cpu)")
     return p
 
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     demo = None if str(args.demo).lower() == "none" else args.demo
     ws = demo_workspace(congealer, demo=demo, demo_count=args.demo_count, canvas=args.canvas, limits=limits,
                         cluster=args.cluster)
+    ws.live_backend = args.live_backend
     app = create_app(ws, max_upload_bytes=args.max_upload_mb * 1024 * 1024)
     server = make_server(app, args.host, args.port)
     print(f"gangealing: serving {ckpt} on http://{args.host}:{server.port}/  (Ctrl+C to stop)", flush=True)

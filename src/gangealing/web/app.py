@@ -9,6 +9,10 @@ API (all JSON answers; errors are ``{"error": message}`` with a 4xx/5xx status, 
 * ``POST /api/propagate`` (multipart: ``set``, ``edit`` an RGBA PNG, optional ``opacity``):
   ``{"images": [data URLs]}``, the edit composited onto each image.
 * ``POST /api/points`` (JSON ``{"set", "source": index | "average", "x", "y"}``): the point everywhere.
+* ``POST /api/live/edit`` (multipart: ``edit`` an RGBA PNG, optional ``opacity``): the edit live frames
+  get; the first call prepares the live back-end -> ``{"backend"}``.
+* ``POST /api/live/frame?stream=ID&smooth=A`` (body: one frame as a JPEG / PNG file): the frame with the
+  edit carried onto it, as a PNG; headers ``X-Server-Ms`` (decode, model, encode) and ``X-Backend``.
 """
 from __future__ import annotations
 
@@ -36,6 +40,17 @@ def _number(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"not a finite number: {value!r}")
     return float(value)
+
+
+def _unit(value, name: str, high: float) -> float:
+    """A form / query number in [0, high]; :class:`BadInput` otherwise."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not 0.0 <= v <= high:
+        raise BadInput(f"{name} must be a number in [0, {high:g}]")
+    return v
 
 
 def create_app(workspace: Workspace, *, max_upload_bytes: int = 32 * 1024 * 1024):
@@ -111,22 +126,40 @@ def create_app(workspace: Workspace, *, max_upload_bytes: int = 32 * 1024 * 1024
     def get_set(key):
         return jsonify(set=key, images=describe(key))
 
+    def form_edit():
+        """The edit (4, R, R) and opacity of a multipart request."""
+        f = request.files.get("edit")
+        if f is None:
+            raise BadInput("no edit received (field 'edit': an RGBA PNG)")
+        opacity = _unit(request.form.get("opacity", 1.0), "opacity", 1.0)
+        rgba = decode_image(f.read(), "edit", "RGBA", ws.limits)
+        return edit_tensor(rgba, ws.canvas), opacity
+
     @app.post("/api/propagate")
     def propagate():
         key = request.form.get("set", "")
         ws.get_set(key)  # an unknown set fails before the edit is decoded
-        f = request.files.get("edit")
-        if f is None:
-            raise BadInput("no edit received (field 'edit': an RGBA PNG)")
-        try:
-            opacity = float(request.form.get("opacity", 1.0))
-        except ValueError:
-            raise BadInput("opacity must be a number in [0, 1]") from None
-        if not 0.0 <= opacity <= 1.0:
-            raise BadInput("opacity must be a number in [0, 1]")
-        rgba = decode_image(f.read(), "edit", "RGBA", ws.limits)
-        out = ws.propagate(key, edit_tensor(rgba, ws.canvas), opacity=opacity)
+        edit, opacity = form_edit()
+        out = ws.propagate(key, edit, opacity=opacity)
         return jsonify(images=[data_url(tensor_png(im)) for im in out])
+
+    @app.post("/api/live/edit")
+    def live_edit():
+        edit, opacity = form_edit()
+        return jsonify(backend=ws.set_live_edit(edit, opacity))
+
+    @app.post("/api/live/frame")
+    def live_frame():
+        data = request.get_data(cache=False)
+        if not data:
+            raise BadInput("no frame received (POST one JPEG or PNG frame as the request body)")
+        smooth = _unit(request.args.get("smooth", 0.0), "smooth", 0.99)
+        png, info = ws.live_frame(request.args.get("stream", "default")[:64], data, smooth)
+        res = app.response_class(png, mimetype="image/png")
+        res.headers["X-Server-Ms"] = f"{info['decode_ms']:.2f},{info['model_ms']:.2f},{info['encode_ms']:.2f}"
+        res.headers["X-Backend"] = info["backend"]
+        res.headers["Cache-Control"] = "no-store"
+        return res
 
     @app.post("/api/points")
     def points():

@@ -36,12 +36,12 @@ class ImageSet:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """uint8 ``(H, W, C)`` (C = 3 or 4) -> PNG bytes."""
+def png_bytes(image: np.ndarray, fast: bool = False) -> bytes:
+    """uint8 ``(H, W, C)`` (C = 3 or 4) -> PNG bytes (``fast``: least compression, for live frames)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=1 if fast else 6)
     return buf.getvalue()
 
 
@@ -100,8 +100,14 @@ class Workspace:
     """
 
     def __init__(self, congealer, average_images: torch.Tensor, demo_images: Optional[torch.Tensor] = None, *,
-                 canvas: int = 256, limits: Limits = Limits(), cluster: int = 0, blend: str = "alpha"):
+                 canvas: int = 256, limits: Limits = Limits(), cluster: int = 0, blend: str = "alpha",
+                 live_backend: str = "auto"):
         self.congealer = congealer
+        self.live_backend = live_backend  # torch, onnx or auto (onnxruntime on the CPU when installed)
+        self._live_runner = None
+        self._live_edit: Optional[torch.Tensor] = None
+        self._live_opacity = 1.0
+        self._live_streams: "OrderedDict[str, object]" = OrderedDict()
         self.canvas = int(canvas)
         self.limits = limits
         self.cluster = int(cluster)
@@ -210,3 +216,62 @@ class Workspace:
                        for j, b in enumerate(s.images)]
                 avg_pt = self._to_canvas(c.congeal_points(a, p)[0, 0])
         return {"average": [float(v) for v in avg_pt], "images": [[float(v) for v in q] for q in out]}
+
+    # -- live video ----------------------------------------------------------------------------
+
+    def live_runner(self):
+        """What aligns live frames: the congealer exported to onnxruntime (``live_backend`` onnx, or
+        auto on the CPU with the onnx extra installed; measured 2-4x faster, docs/web.md), else itself."""
+        if self._live_runner is None:
+            from ..export import OnnxCongealer, onnx_available
+
+            c = self.congealer
+            want = self.live_backend
+            use_onnx = want == "onnx" or (want == "auto" and onnx_available() and c.device.type == "cpu")
+            self._live_runner = OnnxCongealer.from_congealer(c) if use_onnx else c
+        return self._live_runner
+
+    @property
+    def live_backend_name(self) -> str:
+        return getattr(self._live_runner, "backend", "torch") if self._live_runner is not None else "?"
+
+    def set_live_edit(self, edit: Optional[torch.Tensor], opacity: float = 1.0) -> str:
+        """The edit ``(4, R, R)`` carried onto live frames (None: frames pass unedited); prepares the runner."""
+        with self._lock:
+            self.live_runner()
+            self._live_edit, self._live_opacity = edit, float(opacity)
+            for editor in self._live_streams.values():
+                editor.set_edit(edit)
+                editor.opacity = float(opacity)
+            return self.live_backend_name
+
+    def live_frame(self, stream: str, data: bytes, smooth: float = 0.0) -> Tuple[bytes, dict]:
+        """One frame of a live stream (image file bytes) -> (PNG of the frame with the edit, timings).
+
+        Each ``stream`` keeps its own temporal smoothing state (:class:`gangealing.apps.live.GridSmoother`).
+        """
+        import time
+
+        from ..apps.live import LiveEditor
+
+        if not 0.0 <= smooth < 1.0:
+            raise BadInput("smooth must be a number in [0, 1)")
+        t0 = time.perf_counter()
+        frame = decode_image(data, "frame", "RGB", self.limits)
+        t1 = time.perf_counter()
+        with self._lock:
+            editor = self._live_streams.get(stream)
+            if editor is None:
+                k = self.congealer.num_clusters
+                editor = LiveEditor(self.live_runner(), self._live_edit, opacity=self._live_opacity,
+                                    blend=self.blend, cluster=self.cluster if k > 1 else None)
+                self._live_streams[stream] = editor
+                while len(self._live_streams) > self.limits.max_sets:
+                    self._live_streams.popitem(last=False)
+            editor.set_smooth(smooth)
+            out = editor.process(frame)
+        t2 = time.perf_counter()
+        png = png_bytes(out.image, fast=True)
+        t3 = time.perf_counter()
+        return png, {"decode_ms": 1000 * (t1 - t0), "model_ms": 1000 * out.seconds, "encode_ms": 1000 * (t3 - t2),
+                     "backend": self.live_backend_name, "flipped": out.flipped, "cluster": out.cluster}

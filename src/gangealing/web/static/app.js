@@ -120,6 +120,7 @@ function editBlob() {
 }
 
 async function propagate() {
+  if (live.on) sendLiveEdit().catch((e) => status(`live: ${e.message}`, true));
   if (!state.set) return;
   if (state.busy) { state.pending = true; return; }  // one request at a time; the latest edit wins
   state.busy = true;
@@ -239,6 +240,115 @@ async function loadEditFile(file) {
   }
 }
 
+// ---- live video -------------------------------------------------------------------------------
+// Frames go to the server one at a time (the next is grabbed when the previous comes back), so the
+// frame rate shown is what the whole round trip allows. docs/web.md says why the model runs there.
+
+const live = {
+  on: false, stream: null, id: Math.random().toString(36).slice(2), frames: 0, shown: [], backend: "",
+  log: [],  // the last frames sent and shown (Blobs), for tests and debugging
+};
+
+async function sendLiveEdit() {
+  const form = new FormData();
+  form.append("edit", await editBlob(), "edit.png");
+  const out = await api("/api/live/edit", { method: "POST", body: form });
+  live.backend = out.backend;
+}
+
+function stopLive(message) {
+  live.on = false;
+  if (live.stream) live.stream.getTracks().forEach((t) => t.stop());
+  live.stream = null;
+  const video = $("live-video");
+  video.pause();
+  if (video.src) { URL.revokeObjectURL(video.src); video.removeAttribute("src"); }
+  video.srcObject = null;
+  $("live-stop").disabled = true;
+  if (message) status(message, true);
+}
+
+async function startLive(kind, file) {
+  stopLive();
+  const video = $("live-video");
+  try {
+    if (kind === "camera") {
+      if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error("this browser gives no camera access here");
+      live.stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+      video.srcObject = live.stream;
+    } else {
+      video.src = URL.createObjectURL(file);
+    }
+    await video.play();
+  } catch (e) {
+    stopLive(`live: ${kind === "camera" ? "no camera" : file.name + ": not a video the browser can play"} (${e.message || e.name})`);
+    return;
+  }
+  status("live: preparing the model…");
+  try {
+    await sendLiveEdit();
+  } catch (e) {
+    stopLive(`live: ${e.message}`);
+    return;
+  }
+  live.on = true;
+  live.frames = 0;
+  live.shown = [];
+  $("live-stop").disabled = false;
+  status(`live: ${kind === "camera" ? "camera" : file.name} (model on the server, ${live.backend})`);
+  liveLoop();
+}
+
+function grabFrame(video) {
+  const side = Number($("live-size").value);
+  const vw = video.videoWidth, vh = video.videoHeight;
+  const scale = side / Math.max(vw, vh);
+  const grab = document.createElement("canvas");
+  grab.width = Math.max(1, Math.round(vw * scale));
+  grab.height = Math.max(1, Math.round(vh * scale));
+  grab.getContext("2d").drawImage(video, 0, 0, grab.width, grab.height);
+  return new Promise((resolve) => grab.toBlob(resolve, "image/jpeg", 0.92));
+}
+
+async function liveLoop() {
+  const video = $("live-video"), out = $("live-out"), stats = $("live-stats");
+  while (live.on) {
+    if (video.readyState < 2 || !video.videoWidth) { await new Promise((r) => setTimeout(r, 20)); continue; }
+    const t0 = performance.now();
+    const sent = await grabFrame(video);
+    let res;
+    try {
+      res = await fetch(`/api/live/frame?stream=${live.id}&smooth=${$("live-smooth").value}`,
+        { method: "POST", body: sent, headers: { "Content-Type": "image/jpeg" } });
+    } catch (e) {
+      stopLive("live: the server cannot be reached");
+      return;
+    }
+    if (!res.ok) {
+      let msg = `request failed (${res.status})`;
+      try { msg = (await res.json()).error || msg; } catch (e) { /* not JSON */ }
+      stopLive(`live: ${msg}`);
+      return;
+    }
+    const shown = await res.blob();
+    const bitmap = await createImageBitmap(shown);
+    if (out.width !== bitmap.width || out.height !== bitmap.height) { out.width = bitmap.width; out.height = bitmap.height; }
+    out.getContext("2d").drawImage(bitmap, 0, 0);
+    const t1 = performance.now();
+    live.shown.push(t1);
+    while (live.shown.length && live.shown[0] < t1 - 2000) live.shown.shift();
+    const fps = live.shown.length > 1 ? (1000 * (live.shown.length - 1)) / (t1 - live.shown[0]) : 0;
+    const server = (res.headers.get("X-Server-Ms") || "").split(",").map(Number);
+    live.log.push({ sent, shown, ms: t1 - t0, server });
+    if (live.log.length > 16) live.log.shift();
+    live.frames += 1;
+    stats.dataset.frames = String(live.frames);
+    stats.textContent = `${fps.toFixed(1)} fps · ${(t1 - t0).toFixed(1)} ms per frame in the page ` +
+      `(server: model ${(server[1] || 0).toFixed(1)} ms, decode+encode ${((server[0] || 0) + (server[2] || 0)).toFixed(1)} ms; ` +
+      `${res.headers.get("X-Backend") || "?"}) · ${bitmap.width}×${bitmap.height}`;
+  }
+}
+
 // ---- start -------------------------------------------------------------------------------------
 
 async function main() {
@@ -269,6 +379,10 @@ async function main() {
   $("download-all").addEventListener("click", () => {
     document.querySelectorAll("#results figure a").forEach((a) => download(a.href, a.download));
   });
+  $("live-camera").addEventListener("click", () => startLive("camera"));
+  $("live-file").addEventListener("change", (ev) => { if (ev.target.files[0]) startLive("file", ev.target.files[0]); ev.target.value = ""; });
+  $("live-stop").addEventListener("click", () => { stopLive(); status("live: stopped"); });
+  $("live-smooth").addEventListener("input", () => { $("live-smooth-out").textContent = $("live-smooth").value; });
   status(`ready: paint on the average image (${info.canvas}×${info.canvas}); up to ${info.max_images} images per upload`);
   if (info.demo) await loadDemo();
 }
