@@ -1,0 +1,112 @@
+"""`gangealing refine`: fit a transformer to your own images, from a GANgealing model or from nothing."""
+from __future__ import annotations
+
+import argparse
+
+from ._common import Formatter, device, non_negative_int, positive_float, positive_int, unit_float
+
+ORDER = 22
+
+EPILOG = """examples:
+  gangealing refine photos/ --out refined.pt                                  # from nothing (no GAN)
+  gangealing refine photos/ --ckpt models/gangealing-tiny-cat/model.pt --out cat-refined.pt
+  gangealing refine animals:cat --out cat.pt --minutes 5                      # an embedded dataset
+  gangealing align photos/ --ckpt refined.pt --out aligned/                   # every command takes the result
+
+The output is a normal model file (align, propagate, transfer, video, curate, serve, bench --model-path).
+A held-out split of the images decides when to stop; the weights of the best held-out step are kept.
+See docs/refine.md.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ..train.refine import RefineConfig
+
+    d = RefineConfig()
+    p = sub.add_parser("refine", help="align your own images: adapt a model's transformer to them, or train one from nothing",
+                       formatter_class=Formatter, epilog=EPILOG,
+                       description="Minimise the distance between each congealed image and a template (the running "
+                                   "average congealed image, and the model's GAN target when there is one) with the "
+                                   "paper's flow penalties, a pinned mean pose and a bounded scale. Without --ckpt an "
+                                   "identity-initialised small transformer is trained (GAN-free dense alignment).")
+    p.add_argument("data", help="image folder / zip / glob, a prepared dataset folder, or an embedded name (animals:cat, mnist:3)")
+    p.add_argument("--out", required=True, help="the refined model file to write (never the --ckpt file)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--ckpt", default=None, help="GANgealing model to adapt (file or released name); default: from nothing")
+    p.add_argument("--split", choices=("train", "test", "all"), default="train", help="split of an embedded dataset")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="from nothing: transformer size, a power of two >= 16 (default 32); with --ckpt the model's")
+    p.add_argument("--channels", type=positive_int, default=64, help="from nothing: widest layer of the transformer")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="most training steps")
+    p.add_argument("--minutes", type=positive_float, default=None, help="stop after this many minutes (best held-out weights kept)")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch, help="images per step")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 2e-3 from nothing, 5e-4 with --ckpt)")
+    p.add_argument("--distill-steps", type=non_negative_int, default=None,
+                   help="steps regressing a set-level per-image fit before the objective (default 300 from nothing, 0 with --ckpt)")
+    p.add_argument("--template", choices=("auto", "mean", "gan", "both"), default="auto",
+                   help="what congealed images are pulled to: the running average congealed image, the model's GAN "
+                        "target, or both (auto: both when the model has a generator, else mean)")
+    p.add_argument("--tv-weight", type=float, default=None, help=f"flow total-variation weight (default {d.tv_weight:g})")
+    p.add_argument("--identity-weight", type=float, default=None, help=f"flow identity weight (default {d.identity_weight:g})")
+    p.add_argument("--anchor-weight", type=float, default=None,
+                   help="weight of the distance to the starting warp (default 1 with --ckpt, 0 from nothing)")
+    p.add_argument("--holdout", type=unit_float, default=d.holdout, help="fraction of images held out to decide when to stop (0: none)")
+    p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="steps between held-out evaluations")
+    p.add_argument("--patience", type=non_negative_int, default=d.patience,
+                   help="stop after this many evaluations without held-out improvement")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split and the batches")
+    p.add_argument("--metrics", default=None, help="also write each step's losses to this JSON-lines file")
+    p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:1 (default: a GPU if there is one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..fileio import check_output_file
+    from ..predictor import default_device
+    from ..train.refine import (Refiner, default_config, gan_template, load_refine_images, save_refined,
+                                scratch_stn)
+    from ..train.runtime import MetricsLogger
+
+    out = Path(args.out)
+    if args.ckpt is not None and Path(args.ckpt).exists() and out.exists() and out.resolve() == Path(args.ckpt).resolve():
+        raise ValueError(f"--out {out} is the --ckpt file; the input model is never overwritten: choose another --out")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    check_output_file(out)
+    dev = args.device or default_device()
+    model, template = None, None
+    if args.ckpt is not None:
+        from ..build import load_model
+        from ..pretrained import resolve_checkpoint
+
+        if args.size is not None:
+            raise ValueError("--size is for a transformer from nothing; with --ckpt the model's own size is used")
+        model = load_model(resolve_checkpoint(args.ckpt), device=dev)
+        stn = model.stn
+        if model.generator is not None and model.target is not None:
+            template = gan_template(model.generator, model.target, stn.cfg.flow_size)
+    else:
+        stn = scratch_stn(args.size or 32, args.channels)
+    cfg = default_config(model is not None, steps=args.steps, minutes=args.minutes, batch=args.batch_size, lr=args.lr,
+                         template=args.template, tv_weight=args.tv_weight, identity_weight=args.identity_weight,
+                         anchor_weight=args.anchor_weight, distill_steps=args.distill_steps, holdout=args.holdout, eval_every=args.eval_every,
+                         patience=args.patience, seed=args.seed)
+    refiner = Refiner(stn, cfg, template_image=template, device=dev)  # checks the template before loading images
+    data = load_refine_images(args.data, stn.cfg.input_size, split=args.split, channels=stn.cfg.image_channels,
+                              progress_bar=not args.no_progress)
+    log = MetricsLogger(args.metrics, tensorboard=False) if args.metrics else None
+    try:
+        res = refiner.fit(data, progress_bar=not args.no_progress, log=log)
+    finally:
+        if log is not None:
+            log.close()
+    test = dict(model.meta.get("test") or {}) if model is not None else None
+    save_refined(res, out, cfg=cfg, base=args.ckpt, base_model=model, data=str(args.data), test=test)
+    print(f"refined on {res.train_images} images ({res.holdout_images} held out) in {res.steps} steps, "
+          f"{res.seconds:.0f} s ({res.images_per_s:.0f} images/s, stopped by {res.stopped}); "
+          f"held-out distance {res.initial_holdout_loss:.4f} -> {res.holdout_loss:.4f} (best at step {res.best_step})")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,423 @@
+"""Refinement: fit a spatial transformer to a collection of real images, with or without a GAN (issue 16).
+
+The objective is set-level congealing with GANgealing's transformer. For a batch of real images
+``x`` the transformer gives congealed images ``T(x)`` (at ``flow_size``); the loss is
+
+    d(blur(T(x)), blur(template))                       the alignment term (mean squared error)
+    + tv_weight * TV(flow) + identity_weight * |flow|^2  the paper's flow penalties (losses/flow.py)
+    + anchor_weight * |grid - grid_start|^2              stay near the starting warp
+    + pose_weight * |batch mean of the pose and flow relative to the start|^2
+    + scale_weight * relu(|log scale relative to the start| - max_log_scale)^2
+
+The template is the running average congealed image (initialised from a pass over the training
+images, then an exponential moving average of batch means: re-estimated as training goes, no
+gradient through it), the model's own GAN target (the generator at the learned congealing
+latent), or the mean of the two distances (``template='both'``). The blur shrinks linearly over
+the steps (coarse to fine: early on, far-apart images still overlap when blurred).
+
+Collapse guards. A set-level objective is easiest to meet by zooming every image onto a flat patch
+or shrinking them all onto the template. Three terms rule that out: the batch-mean pose (angle, log
+scale, shift of the similarity, and the mean residual flow) relative to the starting model is
+pinned to zero, as classic congealing re-centres its mean transform, so the set as a whole cannot
+zoom or drift; each image's scale relative to the start is bounded (``max_log_scale``, a hinge);
+and the warp is anchored to the start. A transformer from nothing starts at the identity, so
+"relative to the start" means relative to the input frame.
+
+From nothing (:func:`scratch_stn`): an identity-initialised small transformer; its flow is frozen
+for the first ``flow_warmup`` of the steps so that the similarity does the coarse work first.
+
+A held-out split (``holdout``) decides when to stop: every ``eval_every`` steps the held-out images'
+distance to the template (at the final blur) is measured; the weights of the best evaluation are
+kept, and training stops after ``patience`` evaluations without improvement, at ``steps``, or after
+``minutes``. Images stream through in batches from a (memory-mapped) prepared dataset, so memory
+does not grow with the collection.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..baselines.congealing import gaussian_blur
+from ..geometry.similarity import compose, invert
+from ..losses.flow import flow_identity_loss, total_variation_loss
+from .runtime import MetricsLogger, progress, seed_everything
+
+__all__ = ["RefineConfig", "RefineResult", "scratch_stn", "gan_template", "pose_of", "Refiner", "refine",
+           "load_refine_images", "save_refined", "default_config", "MIN_IMAGES"]
+
+MIN_IMAGES = 4  # fewest images that leave both a training and a held-out split of two
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Hyper-parameters of :class:`Refiner` (weights are relative to a mean squared error in [-1, 1] units)."""
+
+    steps: int = 600
+    minutes: Optional[float] = None  # wall-clock budget; None: no limit
+    batch: int = 32
+    lr: float = 2e-3
+    template: str = "auto"  # 'mean', 'gan', 'both'; 'auto': 'both' with a GAN, else 'mean'
+    template_decay: float = 0.9  # EMA of the batch-mean congealed image
+    blur: tuple = (2.0, 0.5)  # Gaussian sigma (flow-size pixels) at the first and the last step
+    tv_weight: float = 1000.0
+    identity_weight: float = 1.0
+    anchor_weight: float = 0.0
+    pose_weight: float = 10.0
+    scale_weight: float = 100.0
+    max_log_scale: float = math.log(1.6)
+    flow_warmup: float = 0.0  # fraction of the steps during which the flow is frozen
+    distill_steps: int = 0  # steps regressing the grids of a set-level fit (baselines.rigid) before the objective
+    teacher_flow_cells: int = 8  # per-image flow resolution of that fit
+    holdout: float = 0.1  # fraction of the images held out to decide when to stop
+    eval_every: int = 25
+    patience: int = 8
+    seed: int = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_config(from_model: bool, **overrides: Any) -> RefineConfig:
+    """Defaults for adapting a GANgealing model (anchored to its warp, GAN target in the template)
+    or for a transformer from nothing (similarity first: the flow waits for a third of the steps)."""
+    base = dict(anchor_weight=1.0, lr=5e-4) if from_model else dict(distill_steps=300, steps=300, tv_weight=200.0)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return RefineConfig(**base)
+
+
+@dataclass
+class RefineResult:
+    """What :meth:`Refiner.fit` returns; ``stn`` holds the best held-out weights, in eval mode."""
+
+    stn: nn.Module
+    steps: int
+    best_step: int
+    holdout_loss: float  # best held-out distance to the template (nan without a held-out split)
+    initial_holdout_loss: float
+    seconds: float
+    images_per_s: float  # training images through the transformer per second
+    stopped: str  # 'steps', 'minutes', 'patience'
+    train_images: int
+    holdout_images: int
+    history: List[Dict[str, float]] = field(default_factory=list)
+
+
+def scratch_stn(size: int = 32, channels: int = 64, image_channels: int = 3, input_size: Optional[int] = None) -> nn.Module:
+    """An identity-initialised small similarity + flow transformer of ``size`` px (a power of two >= 16)."""
+    from ..build import build
+    from ..config import STNConfig
+
+    if size < 16 or size & (size - 1):
+        raise ValueError(f"the transformer size must be a power of two >= 16 (e.g. 32 or 64), got {size}")
+    return build("stn", STNConfig(transforms=("similarity", "flow"), flow_size=size, input_size=input_size or size,
+                                  channel_multiplier=0.5, max_channels=channels, image_channels=image_channels))
+
+
+@torch.no_grad()
+def gan_template(generator: nn.Module, target: nn.Module, size: int, head: int = 0) -> torch.Tensor:
+    """The model's GAN target image ``(1, C, size, size)`` in [-1, 1]: the generator at the congealing
+    latent (every injected W+ row at the target, the rest at the target's mean latent)."""
+    w = target.lat_mean.expand(1, -1)  # (1, D)
+    img = generator.synthesis(target(w, 0.0, head=head), noise="const")  # (1, C, G, G)
+    if img.size(-1) != size:
+        img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return img.clamp(-1, 1)
+
+
+def pose_of(matrix: torch.Tensor) -> torch.Tensor:
+    """``(N, 2, 3)`` similarity-like matrices -> ``(N, 4)`` ``(angle, log_scale, tx, ty)``."""
+    a = matrix[:, :, :2]
+    det = (a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]).abs().clamp(min=1e-8)
+    angle = torch.atan2(a[:, 1, 0] - a[:, 0, 1], a[:, 0, 0] + a[:, 1, 1])
+    return torch.stack([angle, 0.5 * det.log(), matrix[:, 0, 2], matrix[:, 1, 2]], -1)
+
+
+def _split(n: int, holdout: float, seed: int):
+    if n < 2:
+        raise ValueError(f"refine needs at least 2 images, got {n}")
+    if holdout <= 0:
+        return torch.arange(n), torch.arange(0)
+    k = max(2, int(round(n * holdout)))
+    if n - k < 2:
+        raise ValueError(f"{n} images are too few to hold out a split (need at least {MIN_IMAGES}); add images or "
+                         "pass --holdout 0 to fit on all of them without early stopping")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+class Refiner:
+    """Fits ``stn`` (a :class:`~gangealing.models.stn.SpatialTransformer`, trained in place on a copy)
+    to real images; ``template_image`` ``(1, C, S, S)`` is the GAN target when there is one."""
+
+    def __init__(self, stn: nn.Module, cfg: RefineConfig = RefineConfig(), *, template_image: Optional[torch.Tensor] = None,
+                 device: Union[str, torch.device, None] = None):
+        if cfg.template not in ("auto", "mean", "gan", "both"):
+            raise ValueError(f"template must be 'auto', 'mean', 'gan' or 'both', got {cfg.template!r}")
+        kind = ("both" if template_image is not None else "mean") if cfg.template == "auto" else cfg.template
+        if kind in ("gan", "both") and template_image is None:
+            raise ValueError(f"template={kind!r} needs the model's GAN target; this model has no generator and target "
+                             "(use template='mean')")
+        if stn.num_heads != 1:
+            raise ValueError("refine supports single-cluster models (num_heads = 1) only")
+        self.cfg, self.kind = cfg, kind
+        self.device = torch.device(device) if device is not None else next(stn.parameters()).device
+        self.start = copy.deepcopy(stn).to(self.device).eval().requires_grad_(False)
+        self.stn = copy.deepcopy(stn).to(self.device).train()
+        self.gan = None if template_image is None else template_image.to(self.device, torch.float32)
+        self.size = stn.cfg.flow_size
+        self.from_identity = not any(p.abs().sum() > 0 for n, p in stn.named_parameters() if "warp_head" in n
+                                     and n.endswith(("linear.weight", "linear.bias", "flow_out.2.weight", "flow_out.2.bias")))
+
+    # -- pieces --------------------------------------------------------------------------------
+
+    def _sigma(self, step: int, total: int) -> float:
+        a, b = self.cfg.blur
+        return a + (b - a) * min(1.0, step / max(1, total - 1))
+
+    def _forward(self, stn: nn.Module, x: torch.Tensor):
+        return stn(x, antialias=False)  # congealed at flow_size; same-size sampling needs no mipmaps
+
+    @torch.no_grad()
+    def _mean_congealed(self, batches) -> torch.Tensor:
+        total, count = None, 0
+        for x in batches:
+            img = self._forward(self.stn, x).images
+            total = img.sum(0, keepdim=True) if total is None else total + img.sum(0, keepdim=True)
+            count += img.size(0)
+        return total / count
+
+    def _distance(self, congealed: torch.Tensor, template: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Per-image mean squared distance ``(N,)`` of blurred congealed images to the template(s)."""
+        c = gaussian_blur(congealed, sigma)
+        d = []
+        if self.kind in ("mean", "both"):
+            d.append((c - gaussian_blur(template, sigma)).square().flatten(1).mean(1))
+        if self.kind in ("gan", "both"):
+            d.append((c - gaussian_blur(self.gan, sigma)).square().flatten(1).mean(1))
+        return sum(d) / len(d)
+
+    def loss(self, x: torch.Tensor, template: torch.Tensor, sigma: float):
+        """Total loss, its terms, and the congealed batch (for the template update)."""
+        cfg = self.cfg
+        res = self._forward(self.stn, x)
+        terms: Dict[str, torch.Tensor] = {"align": self._distance(res.images, template, sigma).mean()}
+        if res.flow is not None:
+            terms["tv"] = total_variation_loss(res.flow)
+            terms["identity"] = flow_identity_loss(res.flow)
+        if self.from_identity:
+            start_grid, start_matrix, start_flow = None, None, None
+        else:
+            with torch.no_grad():
+                s = self._forward(self.start, x)
+            start_grid, start_matrix, start_flow = s.grid, s.matrix, s.flow
+        pose_parts = []
+        if res.matrix is not None:
+            rel = res.matrix if start_matrix is None else compose(invert(start_matrix), res.matrix)
+            pose = pose_of(rel)  # (B, 4)
+            pose_parts.append(pose.mean(0))
+            terms["scale"] = F.relu(pose[:, 1].abs() - cfg.max_log_scale).square().mean()
+        if res.flow is not None:
+            mean_flow = res.flow.mean(0) - (0 if start_flow is None else start_flow.mean(0))
+            pose_parts.append(mean_flow.flatten())
+        terms["pose"] = sum(p.square().mean() for p in pose_parts) if pose_parts else torch.zeros((), device=x.device)
+        if cfg.anchor_weight > 0:
+            ident = None
+            if start_grid is None:
+                from ..geometry.coords import identity_grid
+
+                ident = identity_grid(res.grid.size(1), device=x.device, dtype=res.grid.dtype)
+            terms["anchor"] = (res.grid - (ident if start_grid is None else start_grid)).square().mean()
+        w = dict(align=1.0, tv=cfg.tv_weight, identity=cfg.identity_weight, anchor=cfg.anchor_weight,
+                 pose=cfg.pose_weight, scale=cfg.scale_weight)
+        total = sum(w[k] * v for k, v in terms.items())
+        return total, terms, res.images
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _distill(self, x: torch.Tensor, gen: torch.Generator, progress_bar: bool, log: Optional[MetricsLogger]) -> None:
+        """Fit per-image warps to the training images ``x`` (N, C, S, S) at set level
+        (:func:`~gangealing.baselines.rigid.rigid_congeal` with a flow), then regress the
+        transformer's grids onto them: a fast, well-posed start for the set-level objective."""
+        from ..baselines.rigid import RigidCongealingConfig, rigid_congeal
+        from ..geometry.warp import resize_grid
+
+        cfg = self.cfg
+        teacher = rigid_congeal(x, RigidCongealingConfig(flow_cells=cfg.teacher_flow_cells))
+        targets = resize_grid(teacher.grids, self.size)  # (N, S, S, 2)
+        opt = torch.optim.Adam(self.stn.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+        bar = progress(cfg.distill_steps, desc="distil", enabled=progress_bar)
+        try:
+            for step in range(cfg.distill_steps):
+                idx = torch.randint(x.size(0), (min(cfg.batch, x.size(0)),), generator=gen)
+                loss = (self._forward(self.stn, x[idx]).grid - targets[idx]).square().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update(1)
+                if log is not None:
+                    log.log(step - cfg.distill_steps, distill=float(loss.detach()))
+        finally:
+            bar.close()
+
+    def fit(self, images, *, progress_bar: bool = True, log: Optional[MetricsLogger] = None) -> RefineResult:
+        """Fit on ``images``: a :class:`~gangealing.data.dataset.PreparedDataset` or a float tensor
+        ``(N, C, S, S)`` in [-1, 1], ``S`` = the transformer's input size."""
+        cfg = self.cfg
+        n = len(images)
+        get = (lambda idx: images[idx]) if isinstance(images, torch.Tensor) else images.tensor
+        s_in = self.stn.cfg.input_size
+        probe = get(np.arange(1) if not isinstance(images, torch.Tensor) else torch.arange(1))
+        if probe.shape[-2:] != (s_in, s_in) or probe.size(1) != self.stn.cfg.image_channels:
+            raise ValueError(f"images are {tuple(probe.shape[1:])} but the transformer takes "
+                             f"({self.stn.cfg.image_channels}, {s_in}, {s_in}); load them with "
+                             f"load_refine_images(source, size={s_in})")
+        train_idx, held_idx = _split(n, cfg.holdout, cfg.seed)
+        load = lambda idx: get(idx.numpy() if not isinstance(images, torch.Tensor) else idx).to(self.device)  # noqa: E731
+        chunks = lambda idx: (load(idx[s:s + 256]) for s in range(0, len(idx), 256))  # noqa: E731
+        gen = seed_everything(cfg.seed)
+        flow_params = [p for n_, p in self.stn.named_parameters() if n_.startswith("stns.") and
+                       self.stn.transforms[int(n_.split(".")[1])] == "flow"]
+        other = [p for p in self.stn.parameters() if all(p is not q for q in flow_params)]
+        groups = [g for g in ({"params": other, "lr": cfg.lr}, {"params": flow_params, "lr": cfg.lr}) if g["params"]]
+        opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.99))
+        warm = int(cfg.flow_warmup * cfg.steps)
+        t0 = time.time()
+        if cfg.distill_steps > 0:
+            self._distill(torch.cat(list(chunks(train_idx))), gen, progress_bar, log)
+        template = self._mean_congealed(chunks(train_idx))  # (1, C, S, S)
+        final_sigma = float(cfg.blur[1])
+
+        def held_loss() -> float:
+            if len(held_idx) == 0:
+                return float("nan")
+            self.stn.eval()
+            with torch.no_grad():
+                d = torch.cat([self._distance(self._forward(self.stn, x).images, template, final_sigma)
+                               for x in chunks(held_idx)])
+            self.stn.train()
+            return float(d.mean())
+
+        initial = best = held_loss()
+        best_state, best_step, bad, step, stopped = copy.deepcopy(self.stn.state_dict()), 0, 0, 0, "steps"
+        history: List[Dict[str, float]] = []
+        bar = progress(cfg.steps, desc="refine", enabled=progress_bar)
+        try:
+            while step < cfg.steps:
+                if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
+                    stopped = "minutes"
+                    break
+                idx = train_idx[torch.randint(len(train_idx), (min(cfg.batch, len(train_idx)),), generator=gen)]
+                x = load(idx)
+                if len(flow_params) and self.from_identity:
+                    opt.param_groups[-1]["lr"] = 0.0 if step < warm else cfg.lr
+                sigma = self._sigma(step, cfg.steps)
+                total, terms, congealed = self.loss(x, template, sigma)
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                with torch.no_grad():
+                    template.lerp_(congealed.detach().mean(0, keepdim=True), 1 - cfg.template_decay)
+                step += 1
+                bar.update(1)
+                row = {k: float(v.detach()) for k, v in terms.items()}
+                row.update(loss=float(total.detach()), sigma=sigma)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    h = held_loss()
+                    row["holdout"] = h
+                    if not math.isnan(h):
+                        if h < best:
+                            best, best_step, bad = h, step, 0
+                            best_state = copy.deepcopy(self.stn.state_dict())
+                        else:
+                            bad += 1
+                    bar.set_postfix(align=f"{row['align']:.4f}", holdout=f"{h:.4f}")
+                history.append(dict(step=step, **row))
+                if log is not None:
+                    log.log(step, **row)
+                if len(held_idx) and bad >= cfg.patience:
+                    stopped = "patience"
+                    break
+        finally:
+            bar.close()
+        seconds = time.time() - t0
+        if len(held_idx):
+            self.stn.load_state_dict(best_state)
+        else:
+            best_step, best = step, float("nan")
+        self.stn.eval()
+        return RefineResult(stn=self.stn, steps=step, best_step=best_step, holdout_loss=best,
+                            initial_holdout_loss=initial, seconds=seconds,
+                            images_per_s=step * min(cfg.batch, len(train_idx)) / max(seconds, 1e-9),
+                            stopped=stopped, train_images=len(train_idx), holdout_images=len(held_idx),
+                            history=history)
+
+
+def refine(stn: nn.Module, images, cfg: RefineConfig = RefineConfig(), *, template_image: Optional[torch.Tensor] = None,
+           progress_bar: bool = False, device=None) -> RefineResult:
+    """:class:`Refiner` in one call."""
+    return Refiner(stn, cfg, template_image=template_image, device=device).fit(images, progress_bar=progress_bar)
+
+
+def load_refine_images(source: Union[str, os.PathLike], size: int, *, split: str = "train", channels: int = 3,
+                       progress_bar: bool = False):
+    """A folder / zip / glob of images, a prepared dataset, or an embedded dataset name
+    (``animals:cat``), as a memory-mapped :class:`~gangealing.data.dataset.PreparedDataset` at
+    ``size`` px: every image is fitted to the square as ``gangealing align`` does (long side to
+    ``size``, the short side padded by repeating its edge), so images of any sizes mix."""
+    from ..data.dataset import prepare_dataset
+
+    ds = prepare_dataset(source, size, mode="border", split=split, image_mode="RGB" if channels == 3 else "L",
+                         progress=progress_bar)
+    if len(ds) == 0:
+        raise ValueError(f"{source}: no readable images")
+    if ds.channels != channels:
+        raise ValueError(f"{source}: images have {ds.channels} channels but the transformer takes {channels}")
+    return ds if ds.size == size else _Resized(ds, size)
+
+
+class _Resized:
+    """A prepared dataset of another size, resized batch by batch (as the predictor prepares squares)."""
+
+    def __init__(self, ds, size: int):
+        self.ds, self.size = ds, size
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def tensor(self, index) -> torch.Tensor:
+        x = self.ds.tensor(index)
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def save_refined(result: RefineResult, out: Union[str, os.PathLike], *, cfg: RefineConfig, base: Optional[str] = None,
+                 base_model=None, data: str = "", test: Optional[Dict[str, Any]] = None) -> Path:
+    """Write the refined transformer as a normal model checkpoint (``kind='model'``; with the base
+    model's generator and target when it had them) that every command loads. Never overwrites
+    ``base``."""
+    from ..build import make_checkpoint
+    from ..checkpoint import save_checkpoint
+
+    out = Path(out)
+    if base is not None and Path(base).exists() and out.exists() and out.resolve() == Path(base).resolve():
+        raise ValueError(f"--out {out} is the input model; write the refined model to a new file")
+    modules = {"stn": result.stn}
+    if base_model is not None:
+        modules.update(generator=base_model.generator, target=base_model.target)
+    meta = dict(source="gangealing refine", base=base or "(none: from nothing)", data=data, refine=cfg.to_dict(),
+                result=dict(steps=result.steps, best_step=result.best_step, holdout_loss=result.holdout_loss,
+                            initial_holdout_loss=result.initial_holdout_loss, seconds=round(result.seconds, 1),
+                            images_per_s=round(result.images_per_s, 1), stopped=result.stopped,
+                            train_images=result.train_images, holdout_images=result.holdout_images),
+                test=dict(test or {"iters": 1, "padding_mode": "border", "flip": False}))
+    return save_checkpoint(make_checkpoint("model", modules, step=result.steps, meta=meta), out)

@@ -1,0 +1,202 @@
+"""Refinement (gangealing.train.refine, `gangealing refine`) and the gradient-congealing baseline (issue 16)."""
+import hashlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gangealing.baselines.congealing import params_to_matrix
+from gangealing.baselines.rigid import RigidCongealingConfig, rigid_congeal
+from gangealing.geometry.similarity import affine_grid
+from gangealing.geometry.warp import warp
+from gangealing.train.refine import (RefineConfig, Refiner, default_config, pose_of, refine, save_refined,
+                                     scratch_stn)
+
+
+def _copies(n=24, size=16, seed=0, max_angle=20.0, max_shift=0.2):
+    """One asymmetric shape (an 'L' on a blurred blob) under known random rotations and shifts, no scaling."""
+    base = -torch.ones(1, 3, size, size)
+    s = size // 16
+    base[..., 4 * s:12 * s, 5 * s:8 * s] = 1
+    base[..., 9 * s:12 * s, 5 * s:12 * s] = 1
+    g = torch.Generator().manual_seed(seed)
+    p = torch.stack([(torch.rand(n, generator=g) * 2 - 1) * math.radians(max_angle), torch.zeros(n),
+                     (torch.rand(n, generator=g) * 2 - 1) * max_shift, (torch.rand(n, generator=g) * 2 - 1) * max_shift], 1)
+    imgs = warp(base.expand(n, -1, -1, -1), affine_grid(params_to_matrix(p), size), padding_mode="border")
+    return imgs, p
+
+
+def _spread(images):
+    """Mean per-pixel standard deviation over a set (lower = tighter alignment)."""
+    return float(images.std(0).mean())
+
+
+# ------------------------------------------------------------------------------------- rigid
+
+
+@pytest.mark.parametrize("flow_cells", [0, 4])
+def test_gradient_congealing_undoes_known_rotations_and_shifts(flow_cells):
+    imgs, _ = _copies(n=30, size=24)
+    copy = imgs.clone()
+    res = rigid_congeal(imgs, RigidCongealingConfig(steps_per_blur=40, flow_cells=flow_cells))
+    assert torch.equal(imgs, copy)  # the input is not modified
+    assert _spread(res.images) < 0.5 * _spread(imgs), (_spread(imgs), _spread(res.images))
+    assert res.params.mean(0).abs().max() < 1e-5  # the mean pose stays the identity
+    assert res.params[:, 1].abs().max() < 0.15  # undone by rotating and shifting, not by zooming
+    assert res.grids.shape == (30, 24, 24, 2) and (res.flow is None) == (flow_cells == 0)
+    assert res.objective[-1] < 0.5 * res.objective[0]
+
+
+def test_gradient_congealing_needs_two_images():
+    with pytest.raises(ValueError, match="at least two"):
+        rigid_congeal(torch.zeros(1, 1, 8, 8))
+
+
+# ------------------------------------------------------------------------------------ refine
+
+
+def _tiny_cfg(**kw):
+    base = dict(steps=150, batch=16, lr=3e-3, eval_every=25, patience=100, holdout=0.0, blur=(1.5, 0.5),
+                tv_weight=200.0)
+    base.update(kw)
+    return RefineConfig(**base)
+
+
+def test_refine_from_nothing_undoes_rotations_and_shifts_without_zooming():
+    torch.manual_seed(0)
+    imgs, _ = _copies(n=24, size=16)
+    stn = scratch_stn(16, channels=16)
+    res = refine(stn, imgs, _tiny_cfg())
+    with torch.no_grad():
+        out = res.stn(imgs)
+    before, after = _spread(imgs), _spread(out.images)
+    assert after < 0.6 * before, (before, after)
+    pose = pose_of(out.matrix)
+    # Not zoomed: every image keeps its scale (within 20%) and the set's mean scale stays 1.
+    assert pose[:, 1].abs().max() < math.log(1.2), pose[:, 1]
+    assert pose[:, 1].mean().abs() < 0.05
+    # The similarity did the work: the transforms spread like the known rotations do.
+    assert pose[:, 0].std() > math.radians(4)
+
+
+def test_scale_guard_stops_a_zoom():
+    # Without the pose and scale terms a constant template is matched best by zooming onto a flat
+    # patch; with them the set keeps its scale.
+    torch.manual_seed(0)
+    imgs, _ = _copies(n=16, size=16)
+    flat = torch.full((1, 3, 16, 16), -1.0)  # a "GAN target" that is all background
+    guarded = refine(scratch_stn(16, 16), imgs, _tiny_cfg(steps=40, template="gan"), template_image=flat)
+    free = refine(scratch_stn(16, 16), imgs, _tiny_cfg(steps=40, template="gan", pose_weight=0.0, scale_weight=0.0),
+                  template_image=flat)
+    with torch.no_grad():
+        g = pose_of(guarded.stn(imgs).matrix)[:, 1]
+        f = pose_of(free.stn(imgs).matrix)[:, 1]
+    assert g.abs().max() < math.log(1.6) and f.mean() > 1.0, (g, f)  # guarded: bounded; free: zoomed away
+
+
+def test_holdout_early_stopping_and_result():
+    imgs, _ = _copies(n=12, size=16)
+    res = refine(scratch_stn(16, 16), imgs, _tiny_cfg(steps=20, holdout=0.25, eval_every=5, patience=1))
+    assert res.holdout_images == 3 and res.train_images == 9
+    assert res.best_step in {0, 5, 10, 15, 20} and res.holdout_loss <= res.initial_holdout_loss
+    assert res.stopped in {"steps", "patience"} and res.steps <= 20 and res.images_per_s > 0
+
+
+def test_bad_input_is_one_line_errors():
+    imgs, _ = _copies(n=3, size=16)
+    with pytest.raises(ValueError, match="too few to hold out a split"):
+        refine(scratch_stn(16, 16), imgs, _tiny_cfg(steps=1, holdout=0.1))
+    refine(scratch_stn(16, 16), imgs, _tiny_cfg(steps=1, holdout=0.0))  # fine without a held-out split
+    with pytest.raises(ValueError, match="load_refine_images"):
+        refine(scratch_stn(16, 16), torch.zeros(6, 3, 24, 24), _tiny_cfg(steps=1))
+    with pytest.raises(ValueError, match="power of two"):
+        scratch_stn(24)
+    with pytest.raises(ValueError, match="GAN target"):
+        Refiner(scratch_stn(16, 16), RefineConfig(template="gan"))
+
+
+def test_default_configs_differ_by_start():
+    assert default_config(True).anchor_weight > 0 and default_config(False).distill_steps > 0
+    assert default_config(False, steps=7, lr=None).steps == 7 and default_config(False, lr=None).lr == RefineConfig().lr
+
+
+def test_distillation_starts_from_the_set_level_fit():
+    imgs, _ = _copies(n=16, size=16)
+    res = refine(scratch_stn(16, 16), imgs, _tiny_cfg(steps=1, distill_steps=60, teacher_flow_cells=0))
+    with torch.no_grad():
+        after = _spread(res.stn(imgs).images)
+    assert after < 0.8 * _spread(imgs)
+
+
+# --------------------------------------------------------------------------- files and CLI
+
+
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_saved_model_loads_in_the_predictor(tmp_path):
+    from gangealing.checkpoint import load_checkpoint
+    from gangealing.predictor import Congealer
+
+    imgs, _ = _copies(n=8, size=16)
+    cfg = _tiny_cfg(steps=2)
+    res = refine(scratch_stn(16, 16), imgs, cfg)
+    path = save_refined(res, tmp_path / "m.pt", cfg=cfg, data="test")
+    ck = load_checkpoint(path)  # weights_only loading
+    assert ck.kind == "model" and ck.meta["source"] == "gangealing refine" and ck.meta["test"]["flip"] is False
+    c = Congealer.from_checkpoint(path, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(c.align(imgs).images, res.stn(imgs).images, atol=1e-4, rtol=0)
+
+
+def _write_pngs(folder, n=6, size=20):
+    from PIL import Image
+
+    folder.mkdir()
+    imgs, _ = _copies(n=n, size=size)
+    for i, im in enumerate(imgs):
+        a = ((im.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        Image.fromarray(a).save(folder / f"{i}.png")
+
+
+def test_refine_command_from_nothing_and_align(tmp_path, monkeypatch):
+    from gangealing.cli import main
+
+    monkeypatch.setenv("GANGEALING_CACHE", str(tmp_path / "cache"))
+    _write_pngs(tmp_path / "imgs")
+    out = tmp_path / "r.pt"
+    rc = main(["refine", str(tmp_path / "imgs"), "--out", str(out), "--size", "16", "--channels", "16", "--steps", "2", "--distill-steps", "3",
+               "--holdout", "0.34", "--eval-every", "1", "--no-progress", "--device", "cpu",
+               "--metrics", str(tmp_path / "m.jsonl")])
+    assert rc == 0 and out.is_file() and (tmp_path / "m.jsonl").is_file()
+    assert main(["align", str(tmp_path / "imgs"), "--ckpt", str(out), "--out", str(tmp_path / "al"), "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "al" / "congealed").iterdir())) == 6
+    # An existing --out is refused without --overwrite.
+    assert main(["refine", str(tmp_path / "imgs"), "--out", str(out), "--steps", "1", "--no-progress"]) == 1
+
+
+def test_refine_command_never_overwrites_the_input_model(tmp_path, monkeypatch, capsys):
+    from gangealing.apps.bench import resolve_model
+    from gangealing.cli import main
+
+    src = resolve_model("gangealing-tiny-cat")
+    if src is None:
+        pytest.skip("models/gangealing-tiny-cat is not in this checkout")
+    monkeypatch.setenv("GANGEALING_CACHE", str(tmp_path / "cache"))
+    _write_pngs(tmp_path / "imgs", size=32)
+    model = tmp_path / "model.pt"
+    model.write_bytes(src.read_bytes())
+    before = _sha(model)
+    assert main(["refine", str(tmp_path / "imgs"), "--ckpt", str(model), "--out", str(model), "--overwrite",
+                 "--steps", "1", "--no-progress"]) == 1
+    assert "never overwritten" in capsys.readouterr().err and _sha(model) == before
+    out = tmp_path / "refined.pt"
+    assert main(["refine", str(tmp_path / "imgs"), "--ckpt", str(model), "--out", str(out), "--steps", "2",
+                 "--holdout", "0.34", "--eval-every", "1", "--no-progress", "--device", "cpu"]) == 0
+    assert _sha(model) == before
+    from gangealing.build import load_model
+
+    m = load_model(out)
+    assert m.generator is not None and m.target is not None and m.meta["base"] == str(model)
