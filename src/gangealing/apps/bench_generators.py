@@ -28,7 +28,6 @@ class GeneratorEntry:
 
 GENERATORS: Dict[str, GeneratorEntry] = {
     "gan-tiny-mnist": GeneratorEntry("models/gan-tiny-mnist/generator.pt", "mnist", "tiny, CPU, 7k steps of 16"),
-    "gan-mnist": GeneratorEntry("models/gan-mnist/generator.pt", "mnist", "tiny arch., H200, 4k steps of 64"),
     "gan-tiny-cat": GeneratorEntry("models/gan-tiny-cat/generator.pt", "animals:cat", "tiny, CPU, 2.5k steps of 16"),
     "gan-cat": GeneratorEntry("models/gan-cat/generator.pt", "animals:cat", "tiny arch., H200, 3.8k steps of 64"),
     "gan-dog": GeneratorEntry("models/gan-dog/generator.pt", "animals:dog", "tiny arch., H200, 3.7k steps of 64"),
