@@ -54,7 +54,7 @@ from gangealing.geometry.warp import (
     mipmap_levels,
     resize_grid,
 )
-from gangealing.losses.flow import total_variation_loss
+from gangealing.models.flow_penalties import total_variation_loss
 from gangealing.models.ops import ConvLayer, EqualConv2d, EqualLinear, ResBlock
 
 FLOW_DOWNSAMPLE = 8  # the low-resolution flow is regressed at flow_size / 8 (the original's default)
