@@ -117,8 +117,9 @@ def test_bad_input_is_one_line_errors():
 
 
 def test_default_configs_differ_by_start():
-    assert default_config(True).anchor_weight > 0 and default_config(False).distill_steps > 0
-    assert default_config(False, steps=7, lr=None).steps == 7 and default_config(False, lr=None).lr == RefineConfig().lr
+    assert default_config(True).anchor_weight > 0 and default_config(False).anchor_weight == 0
+    assert default_config(False).tv_weight < default_config(True).tv_weight
+    assert default_config(False, steps=7, lr=None).steps == 7 and default_config(True, lr=None).lr == 5e-4
 
 
 def test_distillation_starts_from_the_set_level_fit():

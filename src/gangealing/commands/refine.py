@@ -36,17 +36,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "test", "all"), default="train", help="split of an embedded dataset")
     p.add_argument("--size", type=positive_int, default=None,
                    help="from nothing: transformer size, a power of two >= 16 (default 32); with --ckpt the model's")
-    p.add_argument("--channels", type=positive_int, default=64, help="from nothing: widest layer of the transformer")
+    p.add_argument("--channels", type=positive_int, default=32, help="from nothing: widest layer of the transformer")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="most training steps")
     p.add_argument("--minutes", type=positive_float, default=None, help="stop after this many minutes (best held-out weights kept)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch, help="images per step")
-    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 2e-3 from nothing, 5e-4 with --ckpt)")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 3e-3 from nothing, 5e-4 with --ckpt)")
     p.add_argument("--distill-steps", type=non_negative_int, default=None,
-                   help="steps regressing a set-level per-image fit before the objective (default 300 from nothing, 0 with --ckpt)")
+                   help="steps regressing the grids of a set-level per-image fit before the objective (0: none)")
     p.add_argument("--template", choices=("auto", "mean", "gan", "both"), default="auto",
                    help="what congealed images are pulled to: the running average congealed image, the model's GAN "
                         "target, or both (auto: both when the model has a generator, else mean)")
-    p.add_argument("--tv-weight", type=float, default=None, help=f"flow total-variation weight (default {d.tv_weight:g})")
+    p.add_argument("--tv-weight", type=float, default=None, help=f"flow total-variation weight (default 10 from nothing, {d.tv_weight:g} with --ckpt)")
     p.add_argument("--identity-weight", type=float, default=None, help=f"flow identity weight (default {d.identity_weight:g})")
     p.add_argument("--anchor-weight", type=float, default=None,
                    help="weight of the distance to the starting warp (default 1 with --ckpt, 0 from nothing)")
