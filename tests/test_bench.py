@@ -156,7 +156,7 @@ def test_bench_command_runs(tmp_path):
     out = tmp_path / "b"
     rc = main(["bench", "--out", str(out), "--models", "gangealing-tiny-cat", "--pairs", "30", "--digits", "10",
                "--no-classic", "--throughput-images", "10", "--cluster-images", "50", "--no-progress",
-               "--no-train-speed", "--no-generators"])
+               "--no-train-speed", "--no-generators", "--no-refine"])
     assert rc == 0
     data = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in data["mask_transfer"]]
@@ -178,3 +178,22 @@ def test_training_throughput_is_measured_per_preset():
         assert len(gg) == 1 and gg[0]["batch"] == 40 and gg[0]["images_per_s"] > 0
     md = B.to_markdown(B.BenchResult(config={}, train_throughput=rows))
     assert "## Training throughput" in md and "| train-gan | tiny | 32 px | 16 |" in md
+
+
+def test_grid_mask_transfer_identity_copies_the_mask():
+    images, masks = _blobs()
+    grids = identity_grid(16).expand(4, -1, -1, -1)
+    pairs = torch.tensor([[0, 0], [1, 1], [2, 3]])
+    out = B.grid_mask_transfer(grids, masks, pairs, resolution=16)
+    assert torch.equal(out[:2], masks[:2]) and torch.equal(out[2], masks[2])
+
+
+@pytest.mark.slow
+def test_refine_and_gradient_congealing_rows():
+    cfg = B.BenchConfig(pairs=20, refine_steps=2, refine_distill_steps=0, inductive_classes=())
+    rows = B._mask_rows("cat", cfg, {}, lambda: None)
+    by = {r["method"]: r for r in rows}
+    assert by["gradient congealing (similarity)"]["iou"] > by["no alignment"]["iou"]
+    assert by["gradient congealing + per-image 8x8 flow (set-level)"]["iou"] > by["gradient congealing (similarity)"]["iou"]
+    r = by["refine from nothing (set-level: fitted on these images)"]
+    assert 0 <= r["iou"] <= 1 and r["steps"] == 2 and r["fit_images"] == 100

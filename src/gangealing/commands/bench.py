@@ -37,7 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--canvas", type=int, default=d.canvas, help="side of the MNIST perturbation canvas (px)")
     p.add_argument("--cluster-images", type=int, default=d.cluster_images, help="MNIST test images routed for clustering accuracy")
     p.add_argument("--throughput-images", type=int, default=d.throughput_images, help="images timed per model")
-    p.add_argument("--no-classic", action="store_true", help="skip the classic-congealing baseline")
+    p.add_argument("--no-classic", action="store_true", help="skip the congealing baselines (classic and gradient)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="skip the refine rows (a transformer fitted per class and per model: minutes on 2 cores)")
+    p.add_argument("--refine-steps", type=int, default=d.refine_steps, help="objective steps of each refine row")
     p.add_argument("--no-train-speed", action="store_true",
                    help="skip the training-throughput measures (a few timed steps per preset, about a minute on 2 cores)")
     p.add_argument("--no-generators", action="store_true",
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(pairs=args.pairs, animal_classes=tuple(args.classes), mnist_digits=args.digits, canvas=args.canvas,
                       cluster_images=args.cluster_images, throughput_images=args.throughput_images,
-                      classic=not args.no_classic, seed=args.seed, generators=not args.no_generators,
+                      classic=not args.no_classic, seed=args.seed, refine=not args.no_refine,
+                      refine_steps=args.refine_steps, generators=not args.no_generators,
                       generator_samples=args.generator_samples,
                       **(dict(gan_presets=(), gangealing_presets=()) if args.no_train_speed else {}))
     paths = dict(item.split("=", 1) for item in args.model_path)
