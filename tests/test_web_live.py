@@ -24,22 +24,6 @@ SIDE = 128  # frame side (the page's default "frame side")
 CENTRE, RADIUS = (34.0, 26.0), 7  # the painted disc, canvas pixels
 
 
-def write_y4m(path, frames):
-    """uint8 (T, H, W, 3) RGB frames -> a 4:2:0 Y4M file (BT.601 full range), what Chromium's fake camera plays."""
-    t, h, w, _ = frames.shape
-    with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
-        for fr in frames.astype(np.float64):
-            r, g, b = fr[..., 0], fr[..., 1], fr[..., 2]
-            y = 0.299 * r + 0.587 * g + 0.114 * b
-            u = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
-            v = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
-            sub = lambda c: c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))  # noqa: E731
-            f.write(b"FRAME\n")
-            for plane in (y, sub(u), sub(v)):
-                f.write(np.clip(np.round(plane), 0, 255).astype(np.uint8).tobytes())
-
-
 def cat_clip(n=12):
     """A cat silhouette (embedded test image, upscaled to 88 px) gliding across a dark 128 px frame."""
     try:
@@ -88,7 +72,9 @@ def _has_onnx():
 @pytest.fixture(scope="module")
 def camera_browser(tmp_path_factory):
     clip = tmp_path_factory.mktemp("camera") / "cat.y4m"
-    write_y4m(clip, cat_clip())
+    from gangealing.apps.live import write_y4m
+
+    write_y4m(clip, cat_clip(), fps=30)  # a new position about every page frame
     yield from launch_browser(["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                                f"--use-file-for-fake-video-capture={clip}", "--autoplay-policy=no-user-gesture-required"])
 

@@ -336,9 +336,12 @@ class OnnxCongealer:
     def from_congealer(cls, congealer, threads: Optional[int] = None) -> "OnnxCongealer":
         """Export ``congealer`` in memory and load it into onnxruntime (a CPU copy is exported)."""
         if congealer.device.type != "cpu":
+            import copy
+
             from .predictor import Congealer
 
-            congealer = Congealer(congealer.stn.cpu(), congealer.classifier and congealer.classifier.cpu(),
+            cpu = lambda m: None if m is None else copy.deepcopy(m).cpu()  # noqa: E731  (the caller's stays put)
+            congealer = Congealer(cpu(congealer.stn), cpu(congealer.classifier),
                                   iters=congealer.iters, padding_mode=congealer.padding_mode, flip=congealer.flip,
                                   output_resolution=congealer.output_resolution, device="cpu", meta=congealer.meta)
         return cls(make_session(export_bytes(congealer), threads), export_info(congealer))

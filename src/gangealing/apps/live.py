@@ -134,3 +134,20 @@ class LiveEditor:
         image = to_uint8(out[0])
         return LiveFrame(image=image, grid=grid, flipped=bool(flipped[0]),
                          cluster=None if cluster is None else int(cluster[0]), seconds=time.perf_counter() - t0)
+
+
+def write_y4m(path, frames, fps: int = 10):
+    """uint8 ``(T, H, W, 3)`` RGB frames (even sides) -> a 4:2:0 Y4M file (BT.601, full range) at ``fps``: what
+    Chromium's fake camera plays (``--use-file-for-fake-video-capture``), for tests and benchmarks."""
+    t, h, w, _ = frames.shape
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{int(fps)}:1 Ip A1:1 C420jpeg\n".encode())
+        for fr in frames.astype(np.float64):
+            r, g, b = fr[..., 0], fr[..., 1], fr[..., 2]
+            y = 0.299 * r + 0.587 * g + 0.114 * b
+            u = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+            v = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+            sub = lambda c: c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))  # noqa: E731
+            f.write(b"FRAME\n")
+            for plane in (y, sub(u), sub(v)):
+                f.write(np.clip(np.round(plane), 0, 255).astype(np.uint8).tobytes())

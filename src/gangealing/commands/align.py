@@ -51,7 +51,8 @@ def add_model_args(p: argparse.ArgumentParser, *, resolution: bool = True,
         p.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch",
                        help="run the transformer with PyTorch, or export it and run it with onnxruntime (the 'onnx' "
                             "extra; CPU; a --ckpt ending in .onnx is an export and always runs so); auto: onnxruntime "
-                            "on the CPU when installed (measured 2-4x faster there, docs/video.md), else PyTorch")
+                            "on the CPU when installed (the transformer alone measured 3-6x faster there, docs/video.md), "
+                            "else PyTorch")
 
 
 def load_congealer(args: argparse.Namespace):

@@ -221,7 +221,7 @@ class Workspace:
 
     def live_runner(self):
         """What aligns live frames: the congealer exported to onnxruntime (``live_backend`` onnx, or
-        auto on the CPU with the onnx extra installed; measured 2-4x faster, docs/web.md), else itself."""
+        auto on the CPU with the onnx extra installed; measured faster, docs/web.md), else itself."""
         if self._live_runner is None:
             from ..export import OnnxCongealer, onnx_available
 

@@ -241,11 +241,14 @@ async function loadEditFile(file) {
 }
 
 // ---- live video -------------------------------------------------------------------------------
-// Frames go to the server one at a time (the next is grabbed when the previous comes back), so the
-// frame rate shown is what the whole round trip allows. docs/web.md says why the model runs there.
+// Two frames are in flight at a time (each worker grabs its next frame when its previous one comes
+// back), so the page's work overlaps the server's; a result older than one already drawn is dropped.
+// docs/web.md says why the model runs on the server.
 
+const LIVE_IN_FLIGHT = 2;
 const live = {
   on: false, stream: null, id: Math.random().toString(36).slice(2), frames: 0, shown: [], backend: "",
+  seq: 0, drawn: 0, run: 0,
   log: [],  // the last frames sent and shown (Blobs), for tests and debugging
 };
 
@@ -294,9 +297,10 @@ async function startLive(kind, file) {
   live.on = true;
   live.frames = 0;
   live.shown = [];
+  live.run += 1;
   $("live-stop").disabled = false;
   status(`live: ${kind === "camera" ? "camera" : file.name} (model on the server, ${live.backend})`);
-  liveLoop();
+  for (let i = 0; i < LIVE_IN_FLIGHT; i++) liveLoop(live.run);
 }
 
 function grabFrame(video) {
@@ -310,11 +314,12 @@ function grabFrame(video) {
   return new Promise((resolve) => grab.toBlob(resolve, "image/jpeg", 0.92));
 }
 
-async function liveLoop() {
+async function liveLoop(run) {
   const video = $("live-video"), out = $("live-out"), stats = $("live-stats");
-  while (live.on) {
+  while (live.on && live.run === run) {
     if (video.readyState < 2 || !video.videoWidth) { await new Promise((r) => setTimeout(r, 20)); continue; }
     const t0 = performance.now();
+    const seq = ++live.seq;
     const sent = await grabFrame(video);
     let res;
     try {
@@ -332,6 +337,8 @@ async function liveLoop() {
     }
     const shown = await res.blob();
     const bitmap = await createImageBitmap(shown);
+    if (!live.on || live.run !== run || seq < live.drawn) continue;  // stopped, or a newer frame is on screen
+    live.drawn = seq;
     if (out.width !== bitmap.width || out.height !== bitmap.height) { out.width = bitmap.width; out.height = bitmap.height; }
     out.getContext("2d").drawImage(bitmap, 0, 0);
     const t1 = performance.now();
