@@ -18,13 +18,11 @@ from gangealing.edit import (
     labels_to_edit,
     laplacian_blend,
     propagate,
-    read_edit,
-    read_label_map,
     resize_edit,
-    save_label_map,
     splat,
     splat_grid,
 )
+from gangealing.data.edits import read_edit, read_label_map, save_label_map
 from gangealing.geometry.coords import identity_grid, pixel_to_norm
 from gangealing.predictor import Congealer
 

@@ -25,28 +25,28 @@ the alpha-weighted mean ``sum_p k_p a_p c_p / sum_p k_p a_p``. Unlike the origin
 edit pixels are splatted too (they add to ``sum k`` but not to alpha), which anti-aliases the
 edit's outline in the image.
 
+Only tensors here: edit and label-map files are read and written by :mod:`gangealing.data.edits`,
+folders of images are edited by :func:`gangealing.apps.propagate.propagate_files`.
+
 Convention: :mod:`gangealing.geometry.coords` (grids normalised, align_corners=False; points in
 pixels, ``(x, y)``, pixel centres at integers).
 """
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gangealing.fileio import atomic_write
 from gangealing.geometry.coords import norm_to_pixel
 
 __all__ = [
     "Splat",
     "Carried",
     "Propagation",
+    "EditStyle",
     "KERNELS",
     "BLENDS",
     "splat",
@@ -62,12 +62,7 @@ __all__ = [
     "colorize_labels",
     "labels_to_edit",
     "is_label_map",
-    "read_edit",
-    "read_label_map",
-    "save_label_map",
     "propagate",
-    "propagate_files",
-    "PropagateSummary",
 ]
 
 Size = Union[int, Sequence[int]]
@@ -410,60 +405,6 @@ def is_label_map(edit: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-# Files
-# ------------------------------------------------------------------------------------------------
-
-
-def read_edit(path: Union[str, os.PathLike]) -> torch.Tensor:
-    """Read an RGBA edit image -> ``(4, H, W)`` float: RGB in [-1, 1], alpha in [0, 1].
-
-    Images without an alpha channel are fully opaque (the whole frame is the edit).
-    """
-    from gangealing.data.images import read_image
-
-    rgba = torch.from_numpy(np.array(read_image(path, mode="RGBA"))).permute(2, 0, 1).float()  # (4, H, W)
-    return torch.cat([rgba[:3] / 127.5 - 1, rgba[3:] / 255.0], dim=0)
-
-
-def read_label_map(path: Union[str, os.PathLike]) -> torch.Tensor:
-    """Read a label map PNG -> ``(H, W)`` int64 class ids.
-
-    Grayscale (8 or 16 bit) pixel values and palette ('P' mode) indices are the ids. A colour
-    (RGB) image is refused: colours do not say which id they stand for.
-    """
-    from PIL import Image
-
-    from gangealing.data.images import UnreadableImage
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N", "1"):
-                arr = np.array(img, dtype=np.int64)
-            else:
-                raise ValueError(f"{path}: a label map must be a grayscale or palette image of class ids, got mode {mode} "
-                                 "(save ids with gangealing.edit.save_label_map or as an 8/16-bit grayscale PNG)")
-    except (OSError, SyntaxError, EOFError) as e:
-        raise UnreadableImage(path, f"{type(e).__name__}: {e}") from None
-    return torch.from_numpy(arr)
-
-
-def save_label_map(labels: torch.Tensor, path: Union[str, os.PathLike], *, protected: Sequence = ()) -> Path:
-    """Write raw class ids ``(H, W)`` as a PNG atomically: 8-bit grayscale, 16-bit when an id exceeds 255."""
-    from PIL import Image
-
-    path = Path(path)
-    if any(os.path.realpath(p) == os.path.realpath(path) for p in protected):
-        raise FileExistsError(f"{path}: refusing to overwrite an input file; choose another output folder")
-    arr = labels.detach().cpu().long().numpy()
-    if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
-        raise ValueError("label ids must be in [0, 65535] to be stored as a PNG")
-    img = Image.fromarray(arr.astype(np.uint8 if arr.max(initial=0) <= 255 else np.uint16))  # L or I;16
-    return atomic_write(path, lambda f: img.save(f, format="PNG"))
-
-
-# ------------------------------------------------------------------------------------------------
 # Propagation through a congealer
 # ------------------------------------------------------------------------------------------------
 
@@ -502,7 +443,83 @@ def _edit_rows(edit: Any, cluster: Optional[torch.Tensor], label: bool, size: in
     return stacked[cluster.to(device).long()]  # (N, ...)
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class EditStyle:
+    """How an edit is drawn into images: the rendering options of propagation, videos and the CLI, once.
+
+    ``resolution``: side ``R`` of the congealed frame sampled, i.e. ``R * R`` points are splatted
+    (None: the larger of the edit's side and the images' longest side, so regions the congealed
+    frame magnifies stay dense). ``blend``: one of :data:`BLENDS` (:func:`composite`). ``kernel``,
+    ``sigma``: :func:`splat`. ``opacity`` multiplies an RGBA edit's alpha; ``label_opacity`` is the
+    alpha of a label map's colour-coded overlay (:meth:`render`); ``fill``: the label of pixels no
+    label lands on.
+    """
+
+    resolution: Optional[int] = None
+    blend: str = "alpha"
+    kernel: str = "bilinear"
+    sigma: float = 1.0
+    opacity: float = 1.0
+    label_opacity: float = 0.5
+    fill: int = 0
+
+    @classmethod
+    def of(cls, style: Optional["EditStyle"] = None, **fields: Any) -> "EditStyle":
+        """``style``, or a style of ``fields`` (for functions that also take the options as keywords)."""
+        if style is not None and fields:
+            raise TypeError(f"give a style or its fields ({', '.join(sorted(fields))}), not both")
+        return style if style is not None else cls(**fields)
+
+    def side(self, edit: Any, size: Size) -> int:
+        """The congealed-frame side ``R`` at which ``edit`` (or the first of per-cluster edits) is splatted into images of ``size``."""
+        if self.resolution is not None:
+            return int(self.resolution)
+        first = edit[0] if isinstance(edit, (list, tuple)) else edit
+        return int(max(max(first.shape[-2:]), max(_hw(size))))
+
+    def carry(self, edit: torch.Tensor, grid: torch.Tensor, size: Size) -> Carried:
+        """:func:`carry_rgba` with this style's kernel, sigma and opacity."""
+        return carry_rgba(edit, grid, size, kernel=self.kernel, sigma=self.sigma, opacity=self.opacity)
+
+    def carry_labels(self, labels: torch.Tensor, grid: torch.Tensor, size: Size) -> torch.Tensor:
+        """:func:`carry_labels` with this style's kernel, sigma and fill."""
+        return carry_labels(labels, grid, size, kernel=self.kernel, sigma=self.sigma, fill=self.fill)
+
+    def render(self, images: torch.Tensor, edit: Any, grid: torch.Tensor,
+               cluster: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``images`` (N, 3, H, W) with ``edit`` drawn along ``grid`` (N, R, R, 2) -> (N, 3, H, W).
+
+        An RGBA edit is composited with ``blend``; a label map is shown as its colour-coded
+        overlay at ``label_opacity`` (:func:`labels_to_edit`). ``cluster`` picks per-cluster edits.
+        """
+        size = tuple(images.shape[-2:])
+        label = is_label_map(edit)
+        rows = _edit_rows(edit, cluster, label, grid.size(1), grid.device)  # (N or 1, ...)
+        images = images.to(grid.device)
+        if label:
+            over = labels_to_edit(self.carry_labels(rows, grid, size), opacity=self.label_opacity)  # (N, 4, H, W)
+            return alpha_composite(images, over[:, :3], over[:, 3:])
+        return composite(images, self.carry(rows, grid, size), self.blend)
+
+    @torch.no_grad()
+    def propagate(self, congealer: Any, images: torch.Tensor, edit: Any) -> Propagation:
+        """:func:`propagate` in this style."""
+        if images.dim() != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        label = is_label_map(edit)
+        size = tuple(images.shape[-2:])
+        resolution = self.side(edit, size)
+        res = congealer.align(images, output_resolution=resolution)
+        grid = res.grid  # (N, R, R, 2)
+        cluster = getattr(res, "cluster", None)
+        rows = _edit_rows(edit, cluster, label, resolution, grid.device)  # (N or 1, ...)
+        common = dict(flipped=getattr(res, "flipped", None), cluster=cluster, grid=grid)
+        if label:
+            return Propagation(labels=self.carry_labels(rows, grid, size), **common)
+        carried = self.carry(rows, grid, size)
+        return Propagation(images=composite(images.to(grid.device), carried, self.blend), alpha=carried.alpha, **common)
+
+
 def propagate(
     congealer: Any,
     images: torch.Tensor,
@@ -529,124 +546,10 @@ def propagate(
         resolution: side of the congealed frame sampled, i.e. ``R * R`` points are splatted
             (default: the larger of the edit's side and the images' longest side, so regions the
             congealed frame magnifies stay dense).
-        blend, kernel, sigma, opacity: see :func:`composite` and :func:`splat`.
-        fill: label given to pixels no label lands on.
+        blend, kernel, sigma, opacity, fill: see :class:`EditStyle`.
 
     Returns:
         :class:`Propagation` (``images`` and ``alpha`` for an RGBA edit, ``labels`` for a label map).
     """
-    if images.dim() != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    label = is_label_map(edit)
-    first = edit[0] if isinstance(edit, (list, tuple)) else edit
-    size = tuple(images.shape[-2:])
-    if resolution is None:
-        resolution = max(max(first.shape[-2:]), max(size))
-    res = congealer.align(images, output_resolution=int(resolution))
-    grid = res.grid  # (N, R, R, 2)
-    cluster = getattr(res, "cluster", None)
-    rows = _edit_rows(edit, cluster, label, int(resolution), grid.device)  # (N or 1, ...)
-    common = dict(flipped=getattr(res, "flipped", None), cluster=cluster, grid=grid)
-    if label:
-        return Propagation(labels=carry_labels(rows, grid, size, kernel=kernel, sigma=sigma, fill=fill), **common)
-    carried = carry_rgba(rows, grid, size, kernel=kernel, sigma=sigma, opacity=opacity)
-    return Propagation(images=composite(images.to(grid.device), carried, blend), alpha=carried.alpha, **common)
-
-
-# ------------------------------------------------------------------------------------------------
-# Folders of images
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PropagateSummary:
-    """What :func:`propagate_files` wrote (on every rank: the merged records of all ranks)."""
-
-    out_dir: Path
-    records: List[dict]  # one per input in input order; unreadable inputs have "error"
-    num_written: int
-    skipped: List[dict]  # {"path", "reason"}
-
-
-@torch.no_grad()
-def propagate_files(
-    congealer: Any,
-    inputs: Sequence,
-    out_dir: Union[str, os.PathLike],
-    edit: Any,
-    *,
-    batch_size: int = 16,
-    average: Optional[Union[str, os.PathLike]] = None,
-    image_format: str = "png",
-    dist: Any = None,
-    **kw: Any,
-) -> PropagateSummary:
-    """Carry ``edit`` (RGBA edit or label map, see :func:`propagate`) to every image ``inputs`` names.
-
-    Writes, under ``out_dir`` (``NNNNNN_<stem>`` names in input order, at each input's size):
-    ``propagated/`` the composited images (RGBA edits), or ``labels/`` raw class-id PNGs and
-    ``labels_color/`` colour-coded ones (label maps); ``average_edited.png`` the edit drawn on
-    ``average`` (the average congealed image) when given; ``results.json``; ``skipped.txt`` for
-    unreadable inputs (reported and skipped). Under ``torchrun`` the images are split across ranks.
-    ``kw``: :func:`propagate`'s options (resolution, blend, kernel, sigma, opacity, fill).
-    """
-    import json
-
-    from gangealing.apps.align import check_output_dir, output_name, read_batches, same_size_groups, stack
-    from gangealing.apps.sharding import barrier, gather, is_main, shard
-    from gangealing.data.images import list_images, save_image
-
-    label = is_label_map(edit)
-    out_dir = check_output_dir(out_dir, inputs)
-    paths = list_images(inputs)
-    protected = [str(p) for p in paths]
-    kinds = ("labels", "labels_color") if label else ("propagated",)
-    for k in kinds:
-        (out_dir / k).mkdir(parents=True, exist_ok=True)
-    mine = shard(list(enumerate(paths)), dist)
-    records: dict = {}
-    for batch, bad in read_batches(mine, batch_size, "RGB"):
-        for idx, path, reason in bad:
-            records[idx] = {"index": idx, "input": str(path), "error": reason}
-        for group in same_size_groups(batch):
-            out = propagate(congealer, stack(group), edit, **kw)
-            for j, (idx, path, _) in enumerate(group):
-                name = output_name(idx, path)
-                rec = {"index": idx, "input": str(path),
-                       "flipped": None if out.flipped is None else bool(out.flipped[j]),
-                       "cluster": None if out.cluster is None else int(out.cluster[j])}
-                if label:
-                    lab = out.labels[j].cpu()
-                    raw = save_label_map(lab, out_dir / "labels" / f"{name}.png", protected=protected)
-                    col = save_image(colorize_labels(lab), out_dir / "labels_color" / f"{name}.png", protected=protected)
-                    rec.update(labels=str(raw.relative_to(out_dir)), labels_color=str(col.relative_to(out_dir)))
-                else:
-                    img = save_image(out.images[j].cpu(), out_dir / "propagated" / f"{name}.{image_format}",
-                                     protected=protected)
-                    rec["image"] = str(img.relative_to(out_dir))
-                records[idx] = rec
-    merged = gather([records[i] for i, _ in mine], dist)
-    skipped = [{"path": r["input"], "reason": r["error"]} for r in merged if "error" in r]
-    if is_main(dist):
-        if average is not None:
-            _write_average_edited(edit, average, out_dir, protected)
-        (out_dir / "results.json").write_text(json.dumps({"records": merged, "skipped": skipped}, indent=1))
-        if skipped:
-            (out_dir / "skipped.txt").write_text("".join(f"{s['path']}\t{s['reason']}\n" for s in skipped))
-    barrier(dist)
-    return PropagateSummary(out_dir=out_dir, records=merged, num_written=sum("error" not in r for r in merged),
-                            skipped=skipped)
-
-
-def _write_average_edited(edit: Any, average: Union[str, os.PathLike], out_dir: Path, protected) -> Path:
-    """The edit (or the colour-coded label map, half opaque) drawn on the average congealed image."""
-    from gangealing.data.images import read_image, save_image, to_tensor
-
-    avg = to_tensor(read_image(average, "RGB")).unsqueeze(0)  # (1, 3, H, W)
-    first = edit[0] if isinstance(edit, (list, tuple)) else edit
-    if is_label_map(first):
-        e = labels_to_edit(resize_labels(_as_batch(first, 2).long(), tuple(avg.shape[-2:])), opacity=0.5)
-    else:
-        e = resize_edit(_as_batch(first, 3).float(), tuple(avg.shape[-2:]))
-    out = alpha_composite(avg, e[:, :3], e[:, 3:4])
-    return save_image(out[0], out_dir / "average_edited.png", protected=[*protected, str(average)])
+    return EditStyle(resolution=resolution, blend=blend, kernel=kernel, sigma=sigma, opacity=opacity,
+                     fill=fill).propagate(congealer, images, edit)

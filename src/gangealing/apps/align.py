@@ -24,12 +24,12 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .sharding import barrier, gather, is_main, shard
+from ..distributed import barrier, gather, is_main, shard
 
 GRID_UNITS = ("normalized", "pixels")
 # What align writes into its output folder (removed by overwrite=True before a new run).
@@ -171,6 +171,69 @@ def output_name(index: int, path: Path) -> str:
     return f"{index:06d}_{path.stem}"
 
 
+def folder_inputs(out_dir: os.PathLike, inputs: Sequence[os.PathLike]) -> Tuple[Path, List[Path], List[str]]:
+    """``(out_dir, paths, protected)``: the checked output folder (:func:`check_output_dir`), the images
+    ``inputs`` names in input order, and the same paths as strings (outputs never overwrite them)."""
+    from ..data.images import list_images
+
+    out_dir = check_output_dir(out_dir, inputs)
+    paths = list_images(inputs)
+    return out_dir, paths, [str(p) for p in paths]
+
+
+def error_record(index: int, path: Path, reason: str) -> Dict[str, Any]:
+    """The record of an input that could not be read (what :func:`skipped_inputs` picks out)."""
+    return {"index": index, "input": str(path), "error": reason}
+
+
+def run_sharded(items: Sequence[Tuple[int, Path]], process: Callable[[list], Sequence], dist: Any, *,
+                batch_size: int, mode: str, max_side: Optional[int] = None,
+                unreadable: Callable[[int, Path, str], Any] = error_record, desc: str = "",
+                progress: bool = False) -> list:
+    """Run ``process`` over this rank's share of ``items`` and return every rank's results in input order.
+
+    ``items`` are ``(index, path)`` pairs; this rank takes ``items[rank::world_size]``
+    (:func:`gangealing.distributed.shard`), reads them ``batch_size`` at a time (:func:`read_batches`)
+    and calls ``process(group)`` on each run of same-size images, ``group`` a list of
+    ``(index, path, uint8 (H, W, C))``; it returns one result per entry. A file that cannot be read
+    gets ``unreadable(index, path, reason)`` instead. Under ``torchrun`` the results are exchanged
+    (:func:`gangealing.distributed.gather`, a collective: every rank calls this), so they must be
+    picklable. ``progress``: a bar named ``desc`` on rank 0.
+    """
+    mine = shard(items, dist)
+    done: Dict[int, Any] = {}
+    bar = progress_bar(len(mine), desc, progress and is_main(dist))
+    for batch, bad in read_batches(mine, batch_size, mode, max_side):
+        for idx, path, reason in bad:
+            done[idx] = unreadable(idx, path, reason)
+        for group in same_size_groups(batch):
+            for (idx, _, _), result in zip(group, process(group)):
+                done[idx] = result
+        bar.update(len(batch) + len(bad))
+    bar.close()
+    return gather([done[i] for i, _ in mine], dist)
+
+
+def skipped_inputs(records: Sequence[Dict[str, Any]]) -> List[Dict[str, str]]:
+    """``{"path", "reason"}`` of each record with an ``error`` (an unreadable input)."""
+    return [{"path": r["input"], "reason": r["error"]} for r in records if "error" in r]
+
+
+def write_skipped(out_dir: Path, skipped: Sequence[Dict[str, str]]) -> None:
+    """``out_dir/skipped.txt``: one ``path<TAB>reason`` line per skipped input (only if any)."""
+    if skipped:
+        (out_dir / "skipped.txt").write_text("".join(f"{s['path']}\t{s['reason']}\n" for s in skipped))
+
+
+def write_csv(path: Path, records: Sequence[Dict[str, Any]], cols: Sequence[str]) -> None:
+    """One row per record, the columns ``cols`` (missing or None values empty)."""
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        wr.writeheader()
+        for r in records:
+            wr.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
+
+
 # ------------------------------------------------------------------------------------------------
 # align
 # ------------------------------------------------------------------------------------------------
@@ -190,78 +253,72 @@ def align_images(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLike,
     tables and the average. ``average_count`` limits the average to the first N inputs (all by
     default). Returns the merged :class:`AlignSummary` (on every rank).
     """
-    from ..data.images import list_images, save_image
+    from ..data.images import save_image
 
     if grid_units not in GRID_UNITS:
         raise ValueError(f"grid_units must be one of {GRID_UNITS}, got {grid_units!r}")
     if cluster is None:
         congealer.require_routing()
     congealer.check_cluster(cluster)
-    out_dir = check_output_dir(out_dir, inputs)
-    paths = list_images(inputs)
-    protected = [str(p) for p in paths]
+    out_dir, paths, protected = folder_inputs(out_dir, inputs)
     claim_output_dir(out_dir, ALIGN_OUTPUTS, overwrite, dist)
     res_out = congealer.resolution(output_resolution)
-    k = congealer.num_clusters
     n_avg = len(paths) if average_count is None else min(int(average_count), len(paths))
-    (out_dir / "congealed").mkdir(parents=True, exist_ok=True)
-    if save_grids:
-        (out_dir / "grids").mkdir(parents=True, exist_ok=True)
-
-    mine = shard(list(enumerate(paths)), dist)
-    records: List[Dict[str, Any]] = []
-    total: Optional[torch.Tensor] = None
-    count = torch.zeros(k, dtype=torch.float64)
-    bar = progress_bar(len(mine), "align", progress and is_main(dist))
+    for folder in ("congealed", "grids") if save_grids else ("congealed",):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
     side = decode_side(congealer, res_out)
-    for batch, bad in read_batches(mine, batch_size, image_mode(congealer), side):
-        done: Dict[int, Dict[str, Any]] = {}
-        for idx, path, reason in bad:
-            done[idx] = {"index": idx, "input": str(path), "error": reason}
-        for group in same_size_groups(batch):
-            x = stack(group)  # (B, C, H, W)
-            res = congealer.align(x, output_resolution=res_out, cluster=cluster)
-            imgs, grids = res.images.cpu(), res.grid.float().cpu()
-            for j, (idx, path, arr) in enumerate(group):
-                h, w = full_size(path, arr, side)  # grids and sizes refer to the file, at full size
-                name = output_name(idx, path)
-                img_path = out_dir / "congealed" / f"{name}.{image_format}"
-                save_image(imgs[j], img_path, protected=protected)
-                rec = {"index": idx, "input": str(path), "image": str(img_path.relative_to(out_dir)),
-                       "height": int(h), "width": int(w), "flipped": bool(res.flipped[j]),
-                       "cluster": None if res.cluster is None else int(res.cluster[j])}
-                if save_grids:
-                    grid_path = out_dir / "grids" / f"{name}.npy"
-                    grid = grid_to_pixels(grids[j], h, w) if grid_units == "pixels" else grids[j]
-                    np.save(grid_path, grid.numpy().astype(np.float32))
-                    rec["grid"] = str(grid_path.relative_to(out_dir))
-                done[idx] = rec
-                if idx < n_avg:
-                    cl = 0 if res.cluster is None else int(res.cluster[j])
-                    if total is None:
-                        total = torch.zeros(k, *imgs.shape[1:], dtype=torch.float64)
-                    total[cl] += imgs[j].double()
-                    count[cl] += 1
-        records += [done[i] for i in sorted(done)]
-        bar.update(len(batch) + len(bad))
-    bar.close()
+    average = _AverageSum(congealer.num_clusters)  # this rank's share of the first n_avg inputs
 
-    # Records are produced in this rank's order; merge back into input order.
-    by_index = {r["index"]: r for r in records}
-    merged = gather([by_index[i] for i, _ in mine], dist)
-    sums = gather([(total, count)], dist)
-    skipped = [{"path": r["input"], "reason": r["error"]} for r in merged if "error" in r]
+    def align_group(group) -> List[Dict[str, Any]]:
+        res = congealer.align(stack(group), output_resolution=res_out, cluster=cluster)
+        imgs, grids = res.images.cpu(), res.grid.float().cpu()
+        records = []
+        for j, (idx, path, arr) in enumerate(group):
+            h, w = full_size(path, arr, side)  # grids and sizes refer to the file, at full size
+            name = output_name(idx, path)
+            img_path = out_dir / "congealed" / f"{name}.{image_format}"
+            save_image(imgs[j], img_path, protected=protected)
+            cl = None if res.cluster is None else int(res.cluster[j])
+            rec = {"index": idx, "input": str(path), "image": str(img_path.relative_to(out_dir)),
+                   "height": int(h), "width": int(w), "flipped": bool(res.flipped[j]), "cluster": cl}
+            if save_grids:
+                grid_path = out_dir / "grids" / f"{name}.npy"
+                grid = grid_to_pixels(grids[j], h, w) if grid_units == "pixels" else grids[j]
+                np.save(grid_path, grid.numpy().astype(np.float32))
+                rec["grid"] = str(grid_path.relative_to(out_dir))
+            records.append(rec)
+            if idx < n_avg:
+                average.add(imgs[j], cl or 0)
+        return records
+
+    merged = run_sharded(list(enumerate(paths)), align_group, dist, batch_size=batch_size, mode=image_mode(congealer),
+                         max_side=side, desc="align", progress=progress)
+    sums = gather([(average.total, average.count)], dist)
+    skipped = skipped_inputs(merged)
     averages: List[str] = []
     if is_main(dist):
         averages = _write_average(sums, out_dir, image_format, protected)
         _write_tables(merged, out_dir, grid_units, res_out)
-        if skipped:
-            (out_dir / "skipped.txt").write_text("".join(f"{s['path']}\t{s['reason']}\n" for s in skipped))
+        write_skipped(out_dir, skipped)
     barrier(dist)
     if not averages:
         averages = sorted(str(p) for p in out_dir.glob(f"average*.{image_format}"))
     return AlignSummary(out_dir=out_dir, records=merged, num_written=sum("error" not in r for r in merged),
                         skipped=skipped, averages=averages)
+
+
+class _AverageSum:
+    """Per-cluster sums of congealed images (float64) and their counts, for the average image."""
+
+    def __init__(self, num_clusters: int):
+        self.total: Optional[torch.Tensor] = None  # (K, C, R, R), allocated at the first image
+        self.count = torch.zeros(num_clusters, dtype=torch.float64)
+
+    def add(self, image: torch.Tensor, cluster: int) -> None:
+        if self.total is None:
+            self.total = torch.zeros(self.count.numel(), *image.shape, dtype=torch.float64)
+        self.total[cluster] += image.double()
+        self.count[cluster] += 1
 
 
 def _write_average(sums, out_dir: Path, image_format: str, protected) -> List[str]:
@@ -287,12 +344,8 @@ def _write_average(sums, out_dir: Path, image_format: str, protected) -> List[st
 
 
 def _write_tables(records: List[Dict[str, Any]], out_dir: Path, grid_units: str, resolution: int) -> None:
-    cols = ["index", "input", "image", "grid", "height", "width", "flipped", "cluster", "error"]
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        wr.writeheader()
-        for r in records:
-            wr.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
+    write_csv(out_dir / "results.csv", records,
+              ["index", "input", "image", "grid", "height", "width", "flipped", "cluster", "error"])
     meta = {"output_resolution": resolution, "grid_units": grid_units,
             "grid_convention": "grid[i, j] = (x, y) source position in the input image of output pixel (row i, col j); "
                                + ("normalised, align_corners=False" if grid_units == "normalized"

@@ -26,15 +26,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .align import (progress_bar, check_output_dir, decode_side, image_mode, output_name, read_batches,
-                    same_size_groups, stack)
-from .sharding import barrier, gather, is_main, shard
+from ..distributed import barrier, is_main
+from .align import decode_side, folder_inputs, image_mode, output_name, run_sharded, stack, write_csv
 
 DROP_REASONS = ("unreadable", "low_score", "out_of_image", "low_resolution")
+CURATION_COLUMNS = ("index", "input", "score", "kept", "reason", "output", "effective_resolution", "out_of_image",
+                    "flipped", "cluster", "error")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -70,22 +71,16 @@ def _score_paths(congealer, items, batch_size, dist, progress) -> List[ScoreReco
     if not congealer.has_flow:
         raise ValueError("flow scores need a transformer with a flow stage; this model is similarity-only")
     congealer.require_routing()
-    mine = shard(items, dist)
-    out: Dict[int, ScoreRecord] = {}
-    bar = progress_bar(len(mine), "flow scores", progress and is_main(dist))
-    side = decode_side(congealer, congealer.input_size)  # scores see the transformer's input only
-    for batch, bad in read_batches(mine, batch_size, image_mode(congealer), side):
-        for idx, path, reason in bad:
-            out[idx] = ScoreRecord(idx, str(path), None, error=reason)
-        for group in same_size_groups(batch):
-            x = stack(group)  # (B, C, H, W)
-            fs = congealer.score(x)
-            for j, (idx, path, _) in enumerate(group):
-                out[idx] = ScoreRecord(idx, str(path), float(fs.scores[j]), bool(fs.flipped[j]),
-                                       None if fs.cluster is None else int(fs.cluster[j]))
-        bar.update(len(batch) + len(bad))
-    bar.close()
-    return gather([out[i] for i, _ in mine], dist)
+
+    def score_group(group) -> List[ScoreRecord]:
+        fs = congealer.score(stack(group))
+        return [ScoreRecord(idx, str(path), float(fs.scores[j]), bool(fs.flipped[j]),
+                            None if fs.cluster is None else int(fs.cluster[j])) for j, (idx, path, _) in enumerate(group)]
+
+    return run_sharded(items, score_group, dist, batch_size=batch_size, mode=image_mode(congealer),
+                       max_side=decode_side(congealer, congealer.input_size),  # scores see the transformer's input only
+                       unreadable=lambda idx, path, reason: ScoreRecord(idx, str(path), None, error=reason),
+                       desc="flow scores", progress=progress)
 
 
 def write_scores(records: Sequence[ScoreRecord], path: os.PathLike) -> Path:
@@ -170,7 +165,7 @@ def curate_dataset(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLik
     ``fraction < 1`` and none is given. ``out_dir/curation.csv`` lists every input with its score,
     whether it was kept and why not, its effective resolution and out-of-image fraction.
     """
-    from ..data.images import list_images, save_image
+    from ..data.images import save_image
     from ..geometry.similarity import affine_grid
     from ..geometry.warp import warp
 
@@ -179,13 +174,56 @@ def curate_dataset(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLik
     congealer.require_routing()
     if congealer.stn.similarity is None:
         raise ValueError("curation applies the similarity part of the warp; this model has no similarity stage")
-    out_dir = check_output_dir(out_dir, inputs)
-    paths = list_images(inputs)
-    protected = [str(p) for p in paths]
+    out_dir, paths, protected = folder_inputs(out_dir, inputs)
     items = list(enumerate(paths))
 
     # 1. Flow scores and the best fraction.
-    score_of: List[Optional[float]] = [None] * len(paths)
+    score_of, errors = _input_scores(congealer, items, scores, fraction, batch_size, dist, progress)
+    keep = best_fraction(score_of, fraction) if fraction < 1 else [i not in errors for i, _ in items]
+
+    # 2-4. Similarity crops at full resolution, filtered.
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+
+    def crop_group(group) -> List[Dict[str, Any]]:
+        x = stack(group)  # (B, C, H, W)
+        h, w = x.shape[-2:]
+        res = congealer.align(x)
+        grid = affine_grid(res.matrix, output_resolution)  # (B, R, R, 2) into the raw images
+        crops = warp(x.to(grid.device), grid, padding_mode=congealer.padding_mode, antialias=True).cpu()
+        oob = out_of_image_fraction(grid, h, w, output_resolution).cpu()
+        eff = (res.matrix[:, :, :2].det().abs() * (w * h)).sqrt().cpu()  # crop side in raw pixels
+        records = []
+        for j, (idx, path, _) in enumerate(group):
+            rec: Dict[str, Any] = {"effective_resolution": round(float(eff[j]), 2),
+                                   "out_of_image": round(float(oob[j]), 4), "flipped": bool(res.flipped[j]),
+                                   "cluster": None if res.cluster is None else int(res.cluster[j])}
+            if float(oob[j]) > oob_threshold:
+                rec["reason"] = "out_of_image"
+            elif float(eff[j]) < min_effective_resolution:
+                rec["reason"] = "low_resolution"
+            else:
+                name = f"{output_name(idx, path)}.{image_format}"
+                save_image(crops[j], out_dir / "images" / name, protected=protected)
+                rec["output"] = f"images/{name}"
+            records.append(rec)
+        return records
+
+    todo = [(i, p) for i, p in items if keep[i]]
+    cropped = run_sharded(todo, crop_group, dist, batch_size=batch_size, mode=image_mode(congealer),
+                          unreadable=lambda idx, path, reason: {"reason": "unreadable", "error": reason},
+                          desc="curate", progress=progress)
+    by_index = {i: r for (i, _), r in zip(todo, cropped)}
+    records = [_curation_record(i, p, score_of[i], by_index.get(i), errors.get(i)) for i, p in items]
+    if is_main(dist):
+        write_csv(out_dir / "curation.csv", records, CURATION_COLUMNS)
+    barrier(dist)
+    return CurateSummary(out_dir, records, sum(r["kept"] for r in records))
+
+
+def _input_scores(congealer, items, scores: Optional[os.PathLike], fraction: float, batch_size: int, dist: Any,
+                  progress: bool) -> Tuple[List[Optional[float]], Dict[int, str]]:
+    """Flow score of each input (read from ``scores``, else computed when needed) and the inputs that failed."""
+    score_of: List[Optional[float]] = [None] * len(items)
     errors: Dict[int, str] = {}
     if scores is not None:
         table = read_scores(scores)
@@ -202,61 +240,18 @@ def curate_dataset(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLik
             score_of[r.index] = r.score
             if r.error:
                 errors[r.index] = r.error
-    keep = best_fraction(score_of, fraction) if fraction < 1 else [i not in errors for i, _ in items]
+    return score_of, errors
 
-    # 2-4. Similarity crops at full resolution, filtered.
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    todo = [(i, p) for i, p in items if keep[i]]
-    mine = shard(todo, dist)
-    done: Dict[int, Dict[str, Any]] = {}
-    bar = progress_bar(len(mine), "curate", progress and is_main(dist))
-    for batch, bad in read_batches(mine, batch_size, image_mode(congealer)):
-        for idx, path, reason in bad:
-            done[idx] = {"reason": "unreadable", "error": reason}
-        for group in same_size_groups(batch):
-            x = stack(group)  # (B, C, H, W)
-            h, w = x.shape[-2:]
-            res = congealer.align(x)
-            grid = affine_grid(res.matrix, output_resolution)  # (B, R, R, 2) into the raw images
-            crops = warp(x.to(grid.device), grid, padding_mode=congealer.padding_mode, antialias=True).cpu()
-            oob = out_of_image_fraction(grid, h, w, output_resolution).cpu()
-            eff = (res.matrix[:, :, :2].det().abs() * (w * h)).sqrt().cpu()  # crop side in raw pixels
-            for j, (idx, path, _) in enumerate(group):
-                rec: Dict[str, Any] = {"effective_resolution": round(float(eff[j]), 2),
-                                       "out_of_image": round(float(oob[j]), 4), "flipped": bool(res.flipped[j]),
-                                       "cluster": None if res.cluster is None else int(res.cluster[j])}
-                if float(oob[j]) > oob_threshold:
-                    rec["reason"] = "out_of_image"
-                elif float(eff[j]) < min_effective_resolution:
-                    rec["reason"] = "low_resolution"
-                else:
-                    name = f"{output_name(idx, path)}.{image_format}"
-                    save_image(crops[j], out_dir / "images" / name, protected=protected)
-                    rec["output"] = f"images/{name}"
-                done[idx] = rec
-        bar.update(len(batch) + len(bad))
-    bar.close()
-    merged = gather([done[i] for i, _ in mine], dist)
 
-    by_index = {i: r for (i, _), r in zip(todo, merged)}
-    records = []
-    for i, p in items:
-        rec = {"index": i, "input": str(p), "score": score_of[i]}
-        if i in by_index:
-            rec.update(by_index[i])
-        elif i in errors:
-            rec.update(reason="unreadable", error=errors[i])
-        else:
-            rec["reason"] = "low_score"
-        rec["kept"] = "output" in rec
-        records.append(rec)
-    if is_main(dist):
-        cols = ["index", "input", "score", "kept", "reason", "output", "effective_resolution", "out_of_image",
-                "flipped", "cluster", "error"]
-        with open(out_dir / "curation.csv", "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-            wr.writeheader()
-            for r in records:
-                wr.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
-    barrier(dist)
-    return CurateSummary(out_dir, records, sum(r["kept"] for r in records))
+def _curation_record(index: int, path: Path, score: Optional[float], cropped: Optional[Dict[str, Any]],
+                     error: Optional[str]) -> Dict[str, Any]:
+    """One row of curation.csv: the crop's record, else why the input was dropped before cropping."""
+    rec: Dict[str, Any] = {"index": index, "input": str(path), "score": score}
+    if cropped is not None:
+        rec.update(cropped)
+    elif error is not None:
+        rec.update(reason="unreadable", error=error)
+    else:
+        rec["reason"] = "low_score"
+    rec["kept"] = "output" in rec
+    return rec

@@ -35,7 +35,7 @@ import torch
 
 from ..data.keypoints import KeypointDataset, load_keypoint_dataset
 from ..metrics.pck import PCKResult, bootstrap_std, evaluate_pck_transfer, match_flows_pick
-from .sharding import gather, is_main, shard
+from ..distributed import gather, is_main, shard
 
 __all__ = ["PCKReport", "evaluate_pck", "save_transfer_picture", "write_report", "DEFAULT_ALPHAS"]
 

@@ -32,7 +32,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .sharding import barrier, gather, is_main
+from ..distributed import barrier, gather, is_main
+from ..edit import EditStyle
+from .align import check_output_dir
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
 OUTPUT_FORMATS = ("mp4", "mov", "webm", "mkv", "gif")
@@ -342,143 +344,212 @@ def load_points(path: os.PathLike) -> torch.Tensor:
     return pts
 
 
-def _edit_frames(congealer, x: torch.Tensor, edit, *, resolution: int, blend: str, kernel: str, sigma: float,
-                 opacity: float, label_opacity: float, smoother=None):
-    """Align a batch of frames (N, 3, H, W) and composite the edit: (edited frames, alignment, grid used).
+class FrameEditor:
+    """What is drawn on each batch of frames: the edit, the congealed frames, the tracked points.
 
-    ``smoother`` (:class:`gangealing.apps.live.GridSmoother`) replaces the grids by their running average."""
-    from ..edit import carry_labels, carry_rgba, composite, is_label_map, labels_to_edit, resize_edit, resize_labels
+    The options are given once, here; calling it on frames ``(B, 3, H, W)`` in [-1, 1] aligns them
+    and returns ``({kind: uint8 (B, H, W, 3)}, correspondences)``, the kinds of :attr:`kinds`
+    ('propagated', 'congealed') and the points' ``(B, P, 2)`` float32 (x, y) pixels in each frame
+    (None without points). ``smooth``: :class:`gangealing.apps.live.GridSmoother` (frames must come
+    in time order).
+    """
 
-    res = congealer.align(x, output_resolution=resolution)
-    grid = res.grid if smoother is None else smoother(res.grid, res.flipped, res.cluster)
-    if edit is None:
-        return x, res, grid
-    size = tuple(x.shape[-2:])
-    xd = x.to(grid.device)
-    if is_label_map(edit):
-        labels = carry_labels(resize_labels(edit.unsqueeze(0).to(grid.device), resolution), grid, size,
-                              kernel=kernel, sigma=sigma)  # (N, H, W)
-        overlay = labels_to_edit(labels, opacity=label_opacity)  # (N, 4, H, W)
-        return overlay[:, 3:] * overlay[:, :3] + (1 - overlay[:, 3:]) * xd, res, grid
-    carried = carry_rgba(resize_edit(edit.unsqueeze(0).to(grid.device).float(), resolution), grid, size,
-                         kernel=kernel, sigma=sigma, opacity=opacity)
-    return composite(xd, carried, blend), res, grid
+    def __init__(self, congealer, edit: Optional[torch.Tensor] = None, style: EditStyle = EditStyle(), *,
+                 points: Optional[torch.Tensor] = None, points_size: Optional[int] = None, congealed: bool = False,
+                 smooth: float = 0.0):
+        from .live import GridSmoother
+
+        self.congealer, self.edit, self.style, self.points = congealer, edit, style, points
+        self.congealed_size = congealer.resolution(None)
+        self.points_size = int(points_size or self.congealed_size)
+        self.smoother = GridSmoother(smooth) if smooth else None
+        self.kinds = (("propagated",) if edit is not None else ()) + (("congealed",) if congealed else ())
+
+    def __call__(self, x: torch.Tensor) -> Tuple[Dict[str, np.ndarray], Optional[np.ndarray]]:
+        from ..data.images import to_uint8
+        from ..geometry.points import uncongeal
+
+        r = (self.style.side(self.edit, x.shape[-2:]) if self.edit is not None
+             else int(self.style.resolution or self.congealed_size))
+        res = self.congealer.align(x, output_resolution=r)
+        grid = res.grid if self.smoother is None else self.smoother(res.grid, res.flipped, res.cluster)  # (B, r, r, 2)
+        frames = {}
+        if self.edit is not None:
+            frames["propagated"] = to_uint8(self.style.render(x, self.edit, grid))
+        if "congealed" in self.kinds:
+            same = r == self.congealed_size
+            frames["congealed"] = to_uint8(res.images if same else self.congealer.align(x, output_resolution=self.congealed_size).images)
+        if self.points is None:
+            return frames, None
+        p = self.points.to(grid.device, grid.dtype).unsqueeze(0).expand(x.size(0), -1, -1)  # (B, P, 2)
+        return frames, uncongeal(p, grid, tuple(x.shape[-2:]), congealed_size=self.points_size).float().cpu().numpy()
+
+
+@dataclass
+class _Chunk:
+    """The frames one rank processed (or, merged, all of them): source indices, skipped frames, size, points."""
+
+    written: List[int] = field(default_factory=list)
+    skipped: List[SkippedFrame] = field(default_factory=list)
+    size: Optional[Tuple[int, int]] = None  # (H, W) of the first frame
+    corr: List[np.ndarray] = field(default_factory=list)  # (B, P, 2) per batch
+
+    def correspondences(self, num_points: Optional[int]) -> np.ndarray:
+        """``(frames, P, 2)`` of all batches (``num_points``: P, None without points)."""
+        return np.concatenate(self.corr) if self.corr else np.zeros((0, num_points or 0, 2), np.float32)
+
+
+class _VideoSink:
+    """One process: frames go straight into one :class:`VideoWriter` per kind."""
+
+    def __init__(self, out_dir: Path, kinds: Sequence[str], video_format: str, rate: float):
+        self.writers = {kind: VideoWriter(out_dir / f"{kind}.{video_format}", rate) for kind in kinds}
+
+    def write(self, kind: str, index: int, frame: np.ndarray) -> None:
+        self.writers[kind].write(frame)
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+
+    def finish(self, chunk: _Chunk, num_points: Optional[int]) -> Tuple[_Chunk, Dict[str, str]]:
+        outputs: Dict[str, str] = {}
+        for kind, w in self.writers.items():
+            if w.count:
+                outputs[kind] = str(w.close())
+            else:
+                w.abort()
+        return _Chunk(chunk.written, chunk.skipped, chunk.size, [chunk.correspondences(num_points)]), outputs
+
+
+class _PartsSink:
+    """Under torchrun: each rank writes its frames as PNGs into ``DIR/.parts``; rank 0 encodes them in order."""
+
+    def __init__(self, out_dir: Path, kinds: Sequence[str], video_format: str, rate: float, dist: Any,
+                 protected: List[str], first: int):
+        self.out_dir, self.kinds, self.video_format, self.rate = out_dir, kinds, video_format, rate
+        self.dist, self.protected, self.first = dist, protected, first
+        self.parts = out_dir / ".parts"
+        if is_main(dist):
+            shutil.rmtree(self.parts, ignore_errors=True)
+            self.parts.mkdir()
+        barrier(dist)
+
+    def write(self, kind: str, index: int, frame: np.ndarray) -> None:
+        from ..data.images import save_image
+
+        save_image(frame, self.parts / kind / f"{index:08d}.png", protected=self.protected)
+
+    def abort(self) -> None:
+        pass
+
+    def finish(self, chunk: _Chunk, num_points: Optional[int]) -> Tuple[_Chunk, Dict[str, str]]:
+        from ..data.images import read_image
+
+        corr = chunk.correspondences(num_points)
+        if num_points is not None:
+            np.save(self.parts / f"correspondences_{self.first:08d}.npy", corr)
+        merged = gather([(chunk.written, chunk.skipped, chunk.size)], self.dist)
+        sizes = [s for _, _, s in merged if s is not None]
+        out = _Chunk([i for w, _, _ in merged for i in w], [s for _, sk, _ in merged for s in sk],
+                     sizes[0] if sizes else None, [corr])
+        outputs: Dict[str, str] = {}
+        if is_main(self.dist):
+            for kind in self.kinds:
+                with VideoWriter(self.out_dir / f"{kind}.{self.video_format}", self.rate) as w:
+                    for i in out.written:
+                        w.write(read_image(self.parts / kind / f"{i:08d}.png", "RGB"))
+                outputs[kind] = str(self.out_dir / f"{kind}.{self.video_format}")
+            chunks = sorted(self.parts.glob("correspondences_*.npy")) if num_points is not None else []
+            if chunks:
+                out.corr = [np.concatenate([np.load(c) for c in chunks])]
+        return out, outputs
 
 
 @torch.no_grad()
-def process_video(
-    congealer,
-    source: Any,
-    out_dir: os.PathLike,
-    *,
-    edit: Optional[torch.Tensor] = None,
-    points: Optional[torch.Tensor] = None,
-    points_size: Optional[int] = None,
-    congealed: bool = False,
-    batch_size: int = 16,
-    resolution: Optional[int] = None,
-    blend: str = "alpha",
-    kernel: str = "bilinear",
-    sigma: float = 1.0,
-    opacity: float = 1.0,
-    label_opacity: float = 0.5,
-    fps: Optional[float] = None,
-    video_format: str = "mp4",
-    dist: Any = None,
-    progress: bool = True,
-    smooth: float = 0.0,
-) -> VideoSummary:
+def process_video(congealer, source: Any, out_dir: os.PathLike, *, edit: Optional[torch.Tensor] = None,
+                  style: Optional[EditStyle] = None, points: Optional[torch.Tensor] = None,
+                  points_size: Optional[int] = None, congealed: bool = False, batch_size: int = 16,
+                  fps: Optional[float] = None, video_format: str = "mp4", dist: Any = None, progress: bool = True,
+                  smooth: float = 0.0, **options: Any) -> VideoSummary:
     """Carry ``edit`` (RGBA ``(4, h, w)`` or label map ``(h, w)``) and/or ``points`` to every frame of ``source``.
 
     Args:
         source: a video file (mp4, mov, webm, ...), a folder / glob / list of frame images.
         out_dir: output folder (module docstring); never inside an input folder.
+        style: how the edit is drawn (:class:`gangealing.edit.EditStyle`; or its fields as keywords,
+            ``options``: resolution, blend, kernel, sigma, opacity, label_opacity).
         points: ``(P, 2)`` (x, y) pixels of a ``points_size`` congealed frame (default: the
             model's congealed resolution); writes ``correspondences.npy`` ``(frames, P, 2)`` in
             pixels of each frame (use :func:`dense_points` for a dense set).
         congealed: also write the congealed video (at the model's congealed resolution).
-        resolution: congealed-frame side sampled for the edit (default as :func:`gangealing.edit.propagate`).
-        label_opacity: opacity of the colour-coded label overlay when ``edit`` is a label map.
         fps: output frame rate (default: the video's, else 30).
-        smooth: temporal smoothing of the warp in [0, 1), 0 = off (:class:`gangealing.apps.live.GridSmoother`;
-            under torchrun each process smooths its own chunk of frames).
+        smooth: temporal smoothing of the warp in [0, 1), 0 = off (:class:`FrameEditor`; under
+            torchrun each process smooths its own chunk of frames).
     """
-    from ..data.images import to_uint8, to_tensor
-    from ..geometry.points import uncongeal
-    from .align import check_output_dir
-
     if edit is None and points is None and not congealed:
         raise ValueError("nothing to do: give an edit, points and/or congealed=True")
     if video_format not in OUTPUT_FORMATS:
         raise ValueError(f"video_format must be one of {OUTPUT_FORMATS}, got {video_format!r}")
     src = FrameSource(source)
-    items = source if isinstance(source, (list, tuple)) else [source]
-    out_dir = check_output_dir(out_dir, items)
+    out_dir = check_output_dir(out_dir, source if isinstance(source, (list, tuple)) else [source])
     out_dir.mkdir(parents=True, exist_ok=True)
-    protected = [str(src.path)] if src.is_video else [str(p) for p in src.paths]
-    n = len(src)
-    if n == 0:
+    if len(src) == 0:
         raise ValueError(f"{source}: no frames")
     rate = float(fps) if fps else (src.fps or 30.0)
-    cong_res = congealer.resolution(None)
-    points_size = int(points_size or cong_res)
-    mine = chunk_range(n, dist)
-    from .live import GridSmoother
+    editor = FrameEditor(congealer, edit, EditStyle.of(style, **options), points=points, points_size=points_size,
+                         congealed=congealed, smooth=smooth)
+    mine = chunk_range(len(src), dist)
+    protected = [str(src.path)] if src.is_video else [str(p) for p in src.paths]
+    sink = (_VideoSink(out_dir, editor.kinds, video_format, rate) if int(getattr(dist, "world_size", 1) or 1) == 1
+            else _PartsSink(out_dir, editor.kinds, video_format, rate, dist, protected, mine.start))
+    chunk = _edit_chunk(editor, src, mine, batch_size, sink, progress and is_main(dist))
+    num_points = None if points is None else points.size(0)
+    merged, outputs = sink.finish(chunk, num_points)
+    if not merged.written:
+        first = merged.skipped[0].reason if merged.skipped else "no frames"
+        raise ValueError(f"{source}: no frame could be read ({first}); give a video file (mp4, mov, webm, mkv) or a "
+                         "folder of frame images")
+    if is_main(dist):
+        if points is not None:
+            np.save(out_dir / "correspondences.npy", merged.corr[0].astype(np.float32))
+            np.save(out_dir / "points.npy", points.cpu().numpy().astype(np.float32))
+            outputs["correspondences"] = str(out_dir / "correspondences.npy")
+        _write_info(out_dir / "video.json", source, merged, rate, editor.points_size, outputs)
+        if isinstance(sink, _PartsSink):
+            shutil.rmtree(sink.parts, ignore_errors=True)
+    barrier(dist)
+    if not outputs:  # the other ranks: what rank 0 wrote
+        outputs = {k: str(out_dir / f"{k}.{video_format}") for k in ("propagated", "congealed")
+                   if (out_dir / f"{k}.{video_format}").exists()}
+        if points is not None:
+            outputs["correspondences"] = str(out_dir / "correspondences.npy")
+    return VideoSummary(out_dir=out_dir, num_frames=len(merged.written), size=merged.size or (0, 0), fps=rate,
+                        outputs=outputs, frame_sources=merged.written, skipped=merged.skipped)
 
-    smoother = GridSmoother(smooth) if smooth else None
-    world = int(getattr(dist, "world_size", 1)) if dist is not None else 1
-    parts = out_dir / ".parts"
-    if world > 1:
-        if is_main(dist):
-            shutil.rmtree(parts, ignore_errors=True)
-            parts.mkdir()
-        barrier(dist)
 
-    writers: Dict[str, VideoWriter] = {}
-    if world == 1:
-        if edit is not None:
-            writers["propagated"] = VideoWriter(out_dir / f"propagated.{video_format}", rate)
-        if congealed:
-            writers["congealed"] = VideoWriter(out_dir / f"congealed.{video_format}", rate)
-    skipped: List[SkippedFrame] = []
-    written: List[int] = []
-    corr: List[np.ndarray] = []
-    size: Optional[Tuple[int, int]] = None
-    bar = _progress(len(mine), progress and is_main(dist))
+def _edit_chunk(editor: FrameEditor, src: FrameSource, frames: range, batch_size: int, sink, progress: bool) -> _Chunk:
+    """Run ``editor`` over ``src``'s frames in ``frames``, batches of equal size, into ``sink`` (dropped on error)."""
+    from ..data.images import to_tensor
+
+    chunk = _Chunk()
+    bar = _progress(len(frames), progress)
 
     def flush(batch: List[Tuple[int, np.ndarray]]) -> None:
-        nonlocal size
         x = to_tensor(np.stack([f for _, f in batch]))  # (B, 3, H, W)
-        if size is None:
-            size = tuple(x.shape[-2:])
-        r = resolution
-        if r is None:
-            r = max(max(edit.shape[-2:]), max(x.shape[-2:])) if edit is not None else cong_res
-        edited, res, grid = _edit_frames(congealer, x, edit, resolution=int(r), blend=blend, kernel=kernel,
-                                         sigma=sigma, opacity=opacity, label_opacity=label_opacity, smoother=smoother)
-        frames = {}
-        if edit is not None:
-            frames["propagated"] = to_uint8(edited)
-        if congealed:
-            cimg = res.images if int(r) == cong_res else congealer.align(x, output_resolution=cong_res).images
-            frames["congealed"] = to_uint8(cimg)
-        if points is not None:
-            p = points.to(grid.device, grid.dtype).unsqueeze(0).expand(x.size(0), -1, -1)
-            corr.append(uncongeal(p, grid, tuple(x.shape[-2:]), congealed_size=points_size).float().cpu().numpy())
+        chunk.size = chunk.size or tuple(x.shape[-2:])
+        out, corr = editor(x)
+        if corr is not None:
+            chunk.corr.append(corr)
         for j, (idx, _) in enumerate(batch):
-            written.append(idx)
-            for kind, arr in frames.items():
-                if world == 1:
-                    writers[kind].write(arr[j])
-                else:
-                    from ..data.images import save_image
-
-                    save_image(arr[j], parts / kind / f"{idx:08d}.png", protected=protected)
+            chunk.written.append(idx)
+            for kind, arr in out.items():
+                sink.write(kind, idx, arr[j])
         bar.update(len(batch))
 
     try:
         batch: List[Tuple[int, np.ndarray]] = []
-        for idx, frame in src.frames(mine.start, mine.stop, skipped):
+        for idx, frame in src.frames(frames.start, frames.stop, chunk.skipped):
             if batch and frame.shape != batch[0][1].shape:
                 flush(batch)
                 batch = []
@@ -489,65 +560,19 @@ def process_video(
         if batch:
             flush(batch)
     except BaseException:
-        for w in writers.values():
-            w.abort()
+        sink.abort()
         raise
     bar.close()
-    corr_arr = np.concatenate(corr) if corr else np.zeros((0, 0 if points is None else points.size(0), 2), np.float32)
+    return chunk
 
-    outputs: Dict[str, str] = {}
-    if world == 1:
-        for kind, w in writers.items():
-            if w.count:
-                outputs[kind] = str(w.close())
-            else:
-                w.abort()
-        frame_sources, all_skipped, sizes = written, skipped, [s for s in [size] if s is not None]
-    else:
-        if points is not None:
-            np.save(parts / f"correspondences_{mine.start:08d}.npy", corr_arr)
-        merged = gather([(written, skipped, size)], dist)
-        frame_sources = [i for w, _, _ in merged for i in w]
-        all_skipped = [s for _, sk, _ in merged for s in sk]
-        sizes = [s for _, _, s in merged if s is not None]
-        if is_main(dist):
-            kinds = (["propagated"] if edit is not None else []) + (["congealed"] if congealed else [])
-            from ..data.images import read_image
 
-            for kind in kinds:
-                with VideoWriter(out_dir / f"{kind}.{video_format}", rate) as w:
-                    for i in frame_sources:
-                        w.write(read_image(parts / kind / f"{i:08d}.png", "RGB"))
-                outputs[kind] = str(out_dir / f"{kind}.{video_format}")
-            if points is not None:
-                chunks = sorted(parts.glob("correspondences_*.npy"))
-                corr_arr = np.concatenate([np.load(c) for c in chunks]) if chunks else corr_arr
-    if not frame_sources:
-        first = all_skipped[0].reason if all_skipped else "no frames"
-        raise ValueError(f"{source}: no frame could be read ({first}); give a video file (mp4, mov, webm, mkv) or a "
-                         "folder of frame images")
-    if is_main(dist):
-        if points is not None:
-            np.save(out_dir / "correspondences.npy", corr_arr.astype(np.float32))
-            np.save(out_dir / "points.npy", points.cpu().numpy().astype(np.float32))
-            outputs["correspondences"] = str(out_dir / "correspondences.npy")
-        info = {"source": str(source), "frames": len(frame_sources), "height": sizes[0][0] if sizes else None,
-                "width": sizes[0][1] if sizes else None, "fps": rate, "points_frame_size": points_size,
-                "outputs": {k: os.path.basename(v) for k, v in outputs.items()}, "frame_sources": frame_sources,
-                "skipped": [s.__dict__ for s in all_skipped]}
-        (out_dir / "video.json").write_text(json.dumps(info, indent=1))
-        if world > 1:
-            shutil.rmtree(parts, ignore_errors=True)
-    barrier(dist)
-    if not outputs:
-        for kind in ("propagated", "congealed"):
-            p = out_dir / f"{kind}.{video_format}"
-            if p.exists():
-                outputs[kind] = str(p)
-        if points is not None:
-            outputs["correspondences"] = str(out_dir / "correspondences.npy")
-    return VideoSummary(out_dir=out_dir, num_frames=len(frame_sources), size=sizes[0] if sizes else (0, 0), fps=rate,
-                        outputs=outputs, frame_sources=frame_sources, skipped=all_skipped)
+def _write_info(path: Path, source: Any, merged: _Chunk, rate: float, points_size: int, outputs: Dict[str, str]) -> None:
+    """``video.json``: frame count, size, fps, outputs, the source frame of each output frame, skipped frames."""
+    h, w = merged.size if merged.size else (None, None)
+    info = {"source": str(source), "frames": len(merged.written), "height": h, "width": w, "fps": rate,
+            "points_frame_size": points_size, "outputs": {k: os.path.basename(v) for k, v in outputs.items()},
+            "frame_sources": merged.written, "skipped": [s.__dict__ for s in merged.skipped]}
+    path.write_text(json.dumps(info, indent=1))
 
 
 class _NoBar:

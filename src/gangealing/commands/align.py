@@ -57,7 +57,7 @@ def add_model_args(p: argparse.ArgumentParser, *, resolution: bool = True,
 
 def load_congealer(args: argparse.Namespace):
     """(Congealer, DistInfo) from the shared flags; starts the process group under torchrun."""
-    from ..apps.sharding import init_distributed
+    from ..distributed import init_distributed
     from ..predictor import Congealer
 
     dist = init_distributed(args.device)
@@ -99,7 +99,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..apps.align import align_images, ignored_files
-    from ..apps.sharding import finish, is_main
+    from ..distributed import finish, is_main
 
     congealer, dist = load_congealer(args)
     summary = align_images(congealer, args.inputs, args.out, output_resolution=args.output_resolution,

@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..apps.curate import curate_dataset
-    from ..apps.sharding import finish, is_main
+    from ..distributed import finish, is_main
     from .align import load_congealer
 
     congealer, dist = load_congealer(args)

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     edit = None
     if args.edit:
-        from ..edit import read_edit
+        from ..data.edits import read_edit
 
         edit = read_edit(args.edit)
     congealer = Congealer.from_checkpoint(args.model, device="cpu", iters=args.iters, padding_mode=args.padding,

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..apps.curate import compute_flow_scores, write_scores
-    from ..apps.sharding import finish, is_main
+    from ..distributed import finish, is_main
     from ..fileio import check_output_file
     from .align import load_congealer
 

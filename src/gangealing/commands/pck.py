@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..apps.pck import evaluate_pck, save_transfer_picture, write_report
-    from ..apps.sharding import is_main
+    from ..distributed import is_main
     from ..data.keypoints import load_keypoint_dataset
     from ..fileio import check_output_folder
     from .align import load_congealer

@@ -42,9 +42,20 @@ def add_edit_args(p: argparse.ArgumentParser, splat_resolution: bool = True) -> 
     p.add_argument("--opacity", type=unit_float, default=1.0, help="multiplies the edit's alpha")
 
 
+def edit_style(args: argparse.Namespace):
+    """The :class:`gangealing.edit.EditStyle` of the flags :func:`add_edit_args` added (and --label-opacity, --fill)."""
+    from ..edit import EditStyle
+
+    defaults = EditStyle()
+    return EditStyle(resolution=getattr(args, "resolution", None), blend=args.blend, kernel=args.kernel,
+                     sigma=args.sigma, opacity=args.opacity,
+                     label_opacity=getattr(args, "label_opacity", defaults.label_opacity),
+                     fill=getattr(args, "fill", defaults.fill))
+
+
 def load_edit_arg(args: argparse.Namespace):
     """The edit tensor named by --edit / --labels (None when neither)."""
-    from ..edit import read_edit, read_label_map
+    from ..data.edits import read_edit, read_label_map
 
     if getattr(args, "edit", None):
         return read_edit(args.edit)
@@ -72,20 +83,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apps.sharding import is_main
+    from ..distributed import is_main
     from .align import load_congealer
 
     if not args.edit and not args.labels:
         print("error: give an edit (--edit RGBA.png) or a label map (--labels LABELS.png)", file=sys.stderr)
         return 2
-    from ..edit import propagate_files
+    from ..apps.propagate import propagate_files
 
     edit = load_edit_arg(args)
     congealer, dist = load_congealer(args)
-    summary = propagate_files(congealer, args.inputs, args.out, edit, batch_size=args.batch_size,
-                              average=args.average, image_format=args.format, dist=dist,
-                              resolution=args.resolution, blend=args.blend, kernel=args.kernel, sigma=args.sigma,
-                              opacity=args.opacity, fill=args.fill)
+    summary = propagate_files(congealer, args.inputs, args.out, edit, style=edit_style(args),
+                              batch_size=args.batch_size, average=args.average, image_format=args.format, dist=dist)
     if is_main(dist):
         for s in summary.skipped:
             print(f"skipped {s['path']}: {s['reason']}")

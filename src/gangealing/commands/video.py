@@ -59,9 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apps.sharding import is_main
+    from ..distributed import is_main
     from .align import load_congealer
-    from .propagate import load_edit_arg
+    from .propagate import edit_style, load_edit_arg
 
     if not (args.edit or args.labels or args.points or args.dense_points or args.congealed):
         print("error: nothing to do: give --edit, --labels, --points, --dense-points and/or --congealed", file=sys.stderr)
@@ -76,11 +76,9 @@ def run(args: argparse.Namespace) -> int:
         points, points_size = dense_points(args.dense_points), args.dense_points
     congealer, dist = load_congealer(args)
     source = args.input[0] if len(args.input) == 1 else args.input
-    summary = process_video(congealer, source, args.out, edit=edit, points=points, points_size=points_size,
-                            congealed=args.congealed, batch_size=args.batch_size, resolution=args.resolution,
-                            blend=args.blend, kernel=args.kernel, sigma=args.sigma, opacity=args.opacity,
-                            label_opacity=args.label_opacity, fps=args.fps, video_format=args.format, dist=dist,
-                            smooth=args.smooth)
+    summary = process_video(congealer, source, args.out, edit=edit, style=edit_style(args), points=points,
+                            points_size=points_size, congealed=args.congealed, batch_size=args.batch_size,
+                            fps=args.fps, video_format=args.format, dist=dist, smooth=args.smooth)
     if is_main(dist):
         for s in summary.skipped:
             print(f"skipped frame {s.index} ({s.path}): {s.reason}")

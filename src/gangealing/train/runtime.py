@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -29,15 +28,15 @@ import signal
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, IO, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..checkpoint import Checkpoint, atomic_save, save_checkpoint
+from ..distributed import (DistInfo, all_reduce_dict, all_reduce_grads, all_reduce_mean, any_process,  # noqa: F401
+                           barrier, broadcast_module, cleanup_distributed, init_distributed, pick_device)
 from ..fileio import atomic_write
 
 try:
@@ -49,133 +48,7 @@ PathLike = Union[str, os.PathLike]
 
 
 # --------------------------------------------------------------------------------- processes
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the job: rank, world size, local rank, device, primary or not."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    is_primary: bool = True
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def pick_device(device: Union[str, torch.device, None] = None, local_rank: int = 0) -> torch.device:
-    """``device`` if given ('cpu', 'cuda', 'cuda:1'); else this process's GPU if there is one, else the CPU."""
-    if device is not None and str(device) != "auto":
-        d = torch.device(device)
-        if d.type == "cuda" and d.index is None:
-            d = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-        return d
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def init_distributed(device: Union[str, torch.device, None] = None, timeout_s: float = 1800) -> DistInfo:
-    """Start the process group when launched by ``torchrun`` (NCCL on CUDA, gloo on CPU); else one process.
-
-    ``device``: 'cpu' forces CPU (and gloo) even where GPUs exist; default picks GPU ``LOCAL_RANK``.
-    Calling it again in a process whose group is already up returns the same information.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device, local)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                **({"device_id": dev} if dev.type == "cuda" else {}))
-    if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    return DistInfo(rank, world, local, dev, rank == 0)
-
-
-def cleanup_distributed() -> None:
-    """Tear the process group down (no-op for one process)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier() -> None:
-    """Wait for every process (no-op for one process)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def all_reduce_mean(x: Union[torch.Tensor, float]) -> torch.Tensor:
-    """Mean of ``x`` over all processes (a new tensor; for one process, ``x`` detached)."""
-    t = x.detach().clone() if isinstance(x, torch.Tensor) else torch.tensor(float(x))
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if dist.get_backend() == "nccl" and t.device.type != "cuda":
-            t = t.cuda()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t = t / dist.get_world_size()
-    return t
-
-
-def any_process(flag: bool) -> bool:
-    """True on every process when ``flag`` is true on any of them (one all-reduce; ``flag`` for one process).
-
-    Use it for decisions that every process must take at the same step, such as stopping.
-    """
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        return bool(all_reduce_mean(float(flag)).item() > 0)
-    return bool(flag)
-
-
-def all_reduce_dict(values: Mapping[str, Union[torch.Tensor, float]],
-                    device: Union[str, torch.device] = "cpu") -> Dict[str, float]:
-    """Means over processes of a dict of scalars, in one collective: ``{name: float}``."""
-    if not values:
-        return {}
-    keys = sorted(values)
-    t = torch.stack([torch.as_tensor(values[k], dtype=torch.float32, device=device).detach().reshape(())
-                     for k in keys])
-    t = all_reduce_mean(t)
-    return {k: float(v) for k, v in zip(keys, t.tolist())}
-
-
-def all_reduce_grads(*modules: nn.Module) -> None:
-    """Average the gradients of ``modules`` over processes, in one collective (no-op for one process).
-
-    This is what DistributedDataParallel does after ``backward``, done explicitly so that it also
-    works for double backward (R1) and for losses that leave some parameters unused (lazy
-    regularisation): parameters without a gradient contribute zeros.
-    """
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    if not params:
-        return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p in params:
-        n = p.numel()
-        g = flat[offset:offset + n].view_as(p)
-        if p.grad is None:
-            p.grad = g.clone()
-        else:
-            p.grad.copy_(g)
-        offset += n
-
-
-def broadcast_module(module: nn.Module, src: int = 0) -> None:
-    """Copy parameters and buffers of ``module`` from process ``src`` to all others (in place)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        with torch.no_grad():
-            for t in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(t.data, src)
-
-
+# DistInfo, init_distributed, barrier, the all-reduces: gangealing.distributed (imported above).
 def unwrap(module: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel (or compiled) wrapper."""
     while hasattr(module, "module") and isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
