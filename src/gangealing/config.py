@@ -1,37 +1,61 @@
 """Architecture configs: plain dataclasses that are saved inside every checkpoint.
 
-Each config holds only primitives (ints, floats, strings, tuples of them) so that
-``dataclasses.asdict(cfg)`` can be stored in a checkpoint that loads with
-``torch.load(..., weights_only=True)``, and ``Config.from_dict(d)`` rebuilds it.
+Each config holds only primitives (ints, floats, strings, tuples of them, or other configs) so
+that ``dataclasses.asdict(cfg)`` can be stored in a checkpoint that loads with
+``torch.load(..., weights_only=True)``, and ``Config.from_dict(d)`` rebuilds it. The training
+configs (:mod:`gangealing.train.presets`, :mod:`gangealing.train.gan`) share the same base; their
+fields carry the help text of the CLI flags made from them (:func:`setting`).
 """
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple, Type, TypeVar
+from typing import Any, Dict, Mapping, Tuple, Type, TypeVar
 
-T = TypeVar("T", bound="_Base")
+T = TypeVar("T", bound="ConfigBase")
 
 
-class _Base:
+def setting(default: Any = dataclasses.MISSING, doc: str = "", **field_kwargs: Any) -> Any:
+    """A dataclass field whose ``metadata['help']`` is ``doc`` (the help of the CLI flag made from it)."""
+    return dataclasses.field(default=default, metadata={"help": doc}, **field_kwargs)
+
+
+def help_of(f: dataclasses.Field) -> str:
+    """A field's help text, else its name in words."""
+    return f.metadata.get("help") or f.name.replace("_", " ")
+
+
+class ConfigBase:
+    """``to_dict`` / ``from_dict`` for the config dataclasses (nested configs become nested dicts)."""
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls: Type[T], d: Dict[str, Any]) -> T:
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
+    def upgrade(cls, d: Dict[str, Any]) -> Dict[str, Any]:
+        """Rewrite an older layout of the stored dict into the current one (none by default)."""
+        return d
+
+    @classmethod
+    def from_dict(cls: Type[T], d: Mapping[str, Any]) -> T:
+        d = cls.upgrade(dict(d))
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown fields {unknown}; known fields are {sorted(names)}")
+        types = typing.get_type_hints(cls)
         kwargs = {}
         for k, v in d.items():
+            if isinstance(types[k], type) and issubclass(types[k], ConfigBase) and isinstance(v, Mapping):
+                v = types[k].from_dict(v)
             # JSON and torch.save turn tuples into lists; restore them so configs compare equal.
             kwargs[k] = tuple(v) if isinstance(v, list) else v
         return cls(**kwargs)
 
 
 @dataclass(frozen=True)
-class GeneratorConfig(_Base):
+class GeneratorConfig(ConfigBase):
     """StyleGAN2 generator (rosinality / GANgealing layout).
 
     The width at resolution r is ``min(max_channels, table[r])`` with rosinality's table
@@ -51,7 +75,7 @@ class GeneratorConfig(_Base):
 
 
 @dataclass(frozen=True)
-class DiscriminatorConfig(_Base):
+class DiscriminatorConfig(ConfigBase):
     """StyleGAN2 residual discriminator (rosinality layout)."""
 
     size: int = 256
@@ -63,7 +87,7 @@ class DiscriminatorConfig(_Base):
 
 
 @dataclass(frozen=True)
-class STNConfig(_Base):
+class STNConfig(ConfigBase):
     """Spatial transformer (GANgealing layout): similarity, flow, or both composed.
 
     ``input_size`` is the resolution the network is fed (the original's ``supersize`` /
@@ -71,28 +95,29 @@ class STNConfig(_Base):
     the original table ``{4..32: 512, 64: 256*cm, 128: 128*cm, ...}`` capped at ``max_channels``.
     """
 
-    transforms: Tuple[str, ...] = ("similarity", "flow")
-    flow_size: int = 128
-    input_size: int = 128
-    channel_multiplier: float = 0.5
-    max_channels: int = 512
-    num_heads: int = 1
-    image_channels: int = 3
+    transforms: Tuple[str, ...] = setting(("similarity", "flow"),
+                                          "transformer warps: similarity, flow, or similarity flow")
+    flow_size: int = setting(128, "resolution the transformer regresses and warps at")
+    input_size: int = setting(256, "resolution of the real images it is fed at test time (the original's --real_size)")
+    channel_multiplier: float = setting(0.5, "transformer width multiplier")
+    max_channels: int = setting(512, "cap on the transformer's widths")
+    num_heads: int = setting(1, "number of clusters K (K targets, K transformer heads); 1 = unimodal GANgealing")
+    image_channels: int = setting(3, "channels of the images")
 
 
 @dataclass(frozen=True)
-class TargetConfig(_Base):
+class TargetConfig(ConfigBase):
     """Congealing target: ``c = mean(W) + sum_i alpha_i d_i`` over the top ``num_directions`` PCs."""
 
-    style_dim: int = 512
-    n_latent: int = 14
-    num_directions: int = 1
-    inject: int = 5
-    num_heads: int = 1
+    style_dim: int = setting(512, "width of W (the generator's)")
+    n_latent: int = setting(14, "rows of W+ (the generator's)")
+    num_directions: int = setting(1, "PCA directions of W spanning the target's search space (the original's --ndirs)")
+    inject: int = setting(5, "W+ rows taken from the target c (the rest keep the sample's own w)")
+    num_heads: int = setting(1, "number of targets, one per cluster")
 
 
 @dataclass(frozen=True)
-class ClassifierConfig(_Base):
+class ClassifierConfig(ConfigBase):
     """Cluster classifier (the original's ResnetClassifier): routes a real image to a cluster.
 
     It has the similarity transformer's trunk (so it can start from its weights) and predicts

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import signal
 import sys
+from typing import Any, Optional
 
 from ._common import Formatter
 
@@ -28,48 +29,22 @@ is given (--iters and the logging intervals may change). Ctrl-C (SIGINT) or SIGT
 current step with a checkpoint. Presets: see docs/train.md.
 """
 
-# Help for every overridable field of GANgealingTrainConfig (flag = --field-name).
-_FIELD_HELP = {
-    "transforms": "transformer warps: similarity, flow, or similarity flow",
-    "num_heads": "number of clusters K (K targets, K transformer heads); 1 = unimodal GANgealing",
-    "flips": "let the mirrored sample compete in the min over clusters (clustering variant)",
-    "num_directions": "PCA directions of W spanning the target's search space (the original's --ndirs)",
-    "inject": "W+ rows taken from the target c (the rest keep the sample's own w)",
-    "loss": "perceptual loss: lpips-vgg, vgg-ssl, mobilenet (offline), l1, l2",
-    "tv_weight": "weight of the Huber total-variation loss on the residual flow",
-    "identity_weight": "weight of the L2 identity loss on the residual flow",
-    "freeze_target": "keep the target c at its initialisation",
-    "sample_from_full_res": "sample pixels from the full-resolution generator output",
-    "padding_mode": "grid-sample padding: border, reflection or zeros",
-    "input_jitter": "random similarity on each generated input, not its target (extension, off by default): "
-                    "MAX_ANGLE_DEG MIN_SCALE MAX_SCALE MAX_SHIFT, e.g. 45 0.5 0.9 0.15",
-    "flow_size": "resolution the transformer regresses and warps at",
-    "input_size": "resolution of real images fed at test time (the original's --real_size)",
-    "stn_channel_multiplier": "transformer width multiplier",
-    "stn_max_channels": "cap on the transformer's widths",
-    "iters": "optimisation steps",
-    "batch": "total samples per step over all processes and accumulation passes (paper: 40)",
-    "micro_batch": "samples per process per forward pass (batch / (micro_batch x processes) passes per step)",
-    "stn_lr": "transformer learning rate (Adam)",
-    "target_lr": "target-coefficient learning rate (Adam)",
-    "anneal_psi": "steps over which psi anneals from 1 to 0",
-    "anneal_fn": "psi schedule: cosine or linear",
-    "period": "first learning-rate cycle after annealing, in steps",
-    "t_mult": "cycle-length multiplier of the learning-rate restarts",
-    "decay": "peak decay per learning-rate restart",
-    "ema_decay": "per-step decay of the transformer's EMA (the test-time transformer)",
-    "pca_samples": "W samples for the PCA of W",
-    "kmeans_candidates": "candidate latents for the k-means++ initialisation of K targets",
-    "log_every": "steps between metric lines",
-    "vis_every": "steps between visuals",
-    "ckpt_every": "steps between numbered checkpoints",
-    "n_sample": "images per visual",
-    "n_mean": "real images averaged in the congealed-average visual",
-    "seed": "random seed",
-}
+def add_field_flag(group, f: dataclasses.Field, name: Optional[str] = None, **kwargs: Any) -> None:
+    """The flag ``--NAME`` (default: the field's name) of a config field, with the field's help text:
+    ``--x / --no-x`` for a boolean, else typed after the field; ``kwargs`` override (``nargs``, ...)."""
+    from ..config import help_of
+
+    name = name or f.name
+    kwargs = {"dest": name, "default": None, "help": help_of(f), **kwargs}
+    if f.type in (bool, "bool"):
+        kwargs.setdefault("action", argparse.BooleanOptionalAction)
+    else:
+        kwargs.setdefault("type", {"int": int, "float": float}.get(getattr(f.type, "__name__", str(f.type)), str))
+    group.add_argument("--" + name.replace("_", "-"), **kwargs)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ..geometry.warp import PADDING_MODES
     from ..train.presets import GANgealingTrainConfig, preset_names
 
     p = sub.add_parser("train", help="GANgealing training: learn the congealing target and the spatial transformer",
@@ -96,19 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="when resuming, continue with the loss, weight and schedule flags given here instead of "
                    "refusing them; config.json records the change")
     g = p.add_argument_group("overrides of the preset (default: the preset's value; on resume, the run's own)")
-    for f in dataclasses.fields(GANgealingTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_ = _FIELD_HELP.get(f.name, f.name.replace("_", " "))
-        if f.type in ("bool", bool):
-            g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_)
-        elif f.name == "transforms":
-            g.add_argument(flag, dest=f.name, default=None, nargs="+", choices=["similarity", "flow"], help=help_)
-        elif f.name == "input_jitter":
-            g.add_argument(flag, dest=f.name, default=None, nargs=4, type=float,
-                           metavar=("MAX_ANGLE", "MIN_SCALE", "MAX_SCALE", "MAX_SHIFT"), help=help_)
-        else:
-            typ = {"int": int, "float": float}.get(str(f.type), str)
-            g.add_argument(flag, dest=f.name, default=None, type=typ, help=help_)
+    # One flag per setting, by its flat name (the transformer's and the target's included: --flow-size,
+    # --stn-channel-multiplier, --num-heads, ...), typed and documented by its config field.
+    special = {"transforms": dict(nargs="+", choices=["similarity", "flow"]),
+               "input_jitter": dict(nargs=4, type=float, metavar=("MAX_ANGLE", "MIN_SCALE", "MAX_SCALE", "MAX_SHIFT")),
+               "padding_mode": dict(choices=PADDING_MODES)}
+    for name, f in GANgealingTrainConfig.flat_fields().items():
+        add_field_flag(g, f, name, **special.get(name, {}))
     return p
 
 
@@ -119,16 +88,14 @@ def config_from_args(args: argparse.Namespace):
     from ..train.presets import GANgealingTrainConfig, get_preset
 
     overrides = {}
-    for f in dataclasses.fields(GANgealingTrainConfig):
-        v = getattr(args, f.name, None)
+    for name in GANgealingTrainConfig.flat_fields():
+        v = getattr(args, name, None)
         if v is not None:
-            overrides[f.name] = tuple(v) if isinstance(v, list) else v
+            overrides[name] = tuple(v) if isinstance(v, list) else v
     if args.preset:
         return get_preset(args.preset, **overrides)
     saved = saved_train_config(args.out)
-    if saved is not None:
-        return saved.replace(**overrides).validate()
-    return GANgealingTrainConfig(**overrides).validate()
+    return (saved or GANgealingTrainConfig()).replace(**overrides).validate()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,24 +8,10 @@ from ._common import Formatter
 
 ORDER = 21
 
-_HELP = {
-    "iters": "optimisation steps",
-    "batch": "total generated samples per step over processes and accumulation passes",
-    "micro_batch": "samples per process per forward pass",
-    "lr": "Adam learning rate",
-    "period": "first learning-rate cycle in steps (cosine restarts from step 0)",
-    "t_mult": "cycle-length multiplier",
-    "decay": "peak decay per restart",
-    "log_every": "steps between metric lines",
-    "vis_every": "steps between visuals",
-    "ckpt_every": "steps between numbered checkpoints",
-    "n_sample": "generated images in the by-cluster visual",
-    "seed": "random seed",
-}
-
-
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ..config import help_of
     from ..train.presets import ClassifierTrainConfig
+    from .train import add_field_flag
 
     p = sub.add_parser("train-classifier", help="train the cluster classifier of a clustering GANgealing model",
                        description="Train the classifier that routes real images to a cluster (and orientation, with "
@@ -40,15 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: RUN/classifier)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this process's GPU, else CPU)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resume later)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop (with a checkpoint) after this much training wall time; rerun to continue")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    defaults = ClassifierTrainConfig()
     g = p.add_argument_group("training options (on resume, the run's own unless given)")
     for f in dataclasses.fields(ClassifierTrainConfig):
-        d = getattr(defaults, f.name)
         # SUPPRESS: a flag that was not given is absent, so that a resumed run keeps its own value.
-        g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(d), default=argparse.SUPPRESS,
-                       help=f"{_HELP[f.name]} (default: {d})")
+        add_field_flag(g, f, default=argparse.SUPPRESS, help=f"{help_of(f)} (default: {f.default})")
     return p
 
 
@@ -70,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     try:
         res = train_classifier(args.run, cfg, args.out, device=args.device, max_steps=args.max_steps,
-                               tensorboard=not args.no_tensorboard, show_progress=not args.quiet)
+                               max_seconds=args.max_seconds, tensorboard=not args.no_tensorboard,
+                               show_progress=not args.quiet)
     except KeyboardInterrupt:
         return interrupted()
     shown = {k: round(v, 4) for k, v in res.losses.items() if k in ("cross_entropy", "acc1", "acc2")}

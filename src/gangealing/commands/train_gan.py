@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ._common import Formatter, positive_float
+from ._common import Formatter, positive_float, positive_int
 
 ORDER = 10
 
@@ -22,6 +22,7 @@ pass that change what is learned are refused). `--export FILE` writes the EMA ge
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ..train.gan import PRESETS, GANTrainConfig
+    from .train import add_field_flag
 
     p = sub.add_parser("train-gan", help="train a StyleGAN2 generator on a folder, zip or embedded dataset",
                        formatter_class=Formatter, epilog=EPILOG,
@@ -39,41 +40,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=positive_float, default=None,
                         help="stop cleanly (with a checkpoint) after this many minutes of wall clock; rerun to continue")
     budget.add_argument("--max-seconds", type=positive_float, default=None, help="the same budget in seconds")
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="stop (with a checkpoint) after this many more steps; rerun to continue")
     p.add_argument("--export", default=None, metavar="FILE", help="after training, write the EMA generator alone to FILE")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    helps = {
-        "size": "training resolution (power of two)", "pad": "crop/pad to square: center, border, zero, none",
-        "mirror": "random horizontal flips of real images (not for digits or text)", "split": "split of an embedded dataset",
-        "style_dim": "latent width", "n_mlp": "mapping-network layers",
-        "g_channel_multiplier": "generator channel multiplier (above 32 px)", "g_max_channels": "generator width cap",
-        "d_channel_multiplier": "discriminator channel multiplier", "d_max_channels": "discriminator width cap",
-        "batch": "images per step per process", "iters": "total training steps", "lr": "Adam learning rate",
-        "beta1": "Adam beta1", "beta2": "Adam beta2", "r1": "R1 weight gamma", "d_reg_every": "R1 every N steps",
-        "path_reg": "path-length regularisation weight (0 = off)", "g_reg_every": "path-length reg every N steps",
-        "path_batch_shrink": "batch divisor for the path-length pass", "mixing": "style-mixing probability",
-        "ema_kimg": "EMA half-life in thousands of images", "ema_rampup": "EMA ramp-up (0 = off)",
-        "augment": "auto (diffaug below 30k images), diffaug, ada (adaptive, StyleGAN2-ADA) or none",
-        "ada_target": "ADA: target of E[sign D(real)] (overfitting heuristic)",
-        "ada_kimg": "ADA: thousands of images for p to go from 0 to 1",
-        "ada_interval": "ADA: adjust p every N steps",
-        "ada_policy": "ADA ops: auto (translation,scale,rotation,brightness,contrast, + xflip with --mirror) or a "
-                      "comma list of xflip, translation, scale, rotation, brightness, contrast",
-        "ada_max_angle": "ADA: largest rotation in degrees",
-        "augment_policy": "DiffAugment ops: color, translation, cutout", "augment_p": "probability of each op",
-        "seed": "random seed", "amp": "bf16 mixed precision (GPU only)", "log_every": "metrics every N steps",
-        "sample_every": "sample grid every N steps", "ckpt_every": "checkpoint every N steps",
-        "keep": "numbered checkpoints to keep (0 = all)", "n_sample": "images in the sample grid",
-    }
     g = p.add_argument_group("training options (default: the preset's value)")
     for f in dataclasses.fields(GANTrainConfig):
-        if f.name in ("data", "preset"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            g.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, help=helps[f.name])
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            g.add_argument(flag, type=typ, default=None, help=helps[f.name])
+        if f.name not in ("data", "preset"):
+            add_field_flag(g, f)
     return p
 
 
@@ -94,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args.preset or "tiny", data=args.data, **given)
     result = train_gan(cfg, args.out, device=args.device, cache_dir=args.cache_dir,
-                       show_progress=not args.no_progress,
+                       show_progress=not args.no_progress, max_steps=args.max_steps,
                        max_seconds=args.minutes * 60 if args.minutes is not None else args.max_seconds)
     if args.export:
         export_generator(args.out, args.export)

@@ -67,7 +67,7 @@ def saved_classifier_config(out: Union[str, Path]) -> Optional[ClassifierTrainCo
     path = RunDir(out, is_primary=False).latest_checkpoint()
     if path is None:
         return None
-    return ClassifierTrainConfig(**load_checkpoint(path).meta["classifier_train"])
+    return ClassifierTrainConfig.from_dict(load_checkpoint(path).meta["classifier_train"])
 
 
 class ClassifierTrainer:
@@ -182,13 +182,13 @@ class ClassifierTrainer:
         out["lr"] = lr
         return out
 
-    def fit(self, max_steps: Optional[int] = None) -> TrainResult:
-        """Train to ``cfg.iters`` (or ``max_steps`` more, or until SIGINT / SIGTERM), with a checkpoint at
-        the end; the run folder is released when it returns."""
+    def fit(self, max_steps: Optional[int] = None, max_seconds: Optional[float] = None) -> TrainResult:
+        """Train to ``cfg.iters`` (or ``max_steps`` more, or ``max_seconds`` of wall time, or until SIGINT /
+        SIGTERM), with a checkpoint at the end; the run folder is released when it returns."""
         with self.run.acquire(), StopOnSignal(announce=self.dist.is_primary) as signals:
-            return self._fit(signals, max_steps)
+            return self._fit(signals, max_steps, max_seconds)
 
-    def _fit(self, signals: StopOnSignal, max_steps: Optional[int]) -> TrainResult:
+    def _fit(self, signals: StopOnSignal, max_steps: Optional[int], max_seconds: Optional[float]) -> TrainResult:
         cfg = self.cfg
         t0 = time.time()
         logger = MetricsLogger(self.run.path / "metrics.jsonl", enabled=self.dist.is_primary,
@@ -206,7 +206,8 @@ class ClassifierTrainer:
                     logger.log(self.step, **values)
                 if self.step % cfg.vis_every == 0 or self.step == cfg.iters:
                     self.visualize()
-                halt = any_process(signals.requested)  # every process stops at the same step
+                # Every process stops at the same step: the decision is all-reduced.
+                halt = any_process(signals.requested or (max_seconds is not None and time.time() - t0 > max_seconds))
                 if self.step % cfg.ckpt_every == 0 or self.step == stop or halt:
                     self.save()
                 if halt:
@@ -239,7 +240,8 @@ class ClassifierTrainer:
 
 
 def train_classifier(run: Union[str, Path], cfg: ClassifierTrainConfig, out: Optional[Union[str, Path]] = None, *,
-                     device: Optional[str] = None, max_steps: Optional[int] = None, tensorboard: bool = True,
+                     device: Optional[str] = None, max_steps: Optional[int] = None,
+                     max_seconds: Optional[float] = None, tensorboard: bool = True,
                      show_progress: bool = True) -> TrainResult:
     """The whole ``gangealing train-classifier`` command (resumes when ``out`` holds a checkpoint)."""
     dist_info = init_distributed(device)
@@ -253,4 +255,4 @@ def train_classifier(run: Union[str, Path], cfg: ClassifierTrainConfig, out: Opt
     out = classifier_out(run, out)
     trainer = ClassifierTrainer(model, cfg, out, train_cfg=train_cfg, dist=dist_info, tensorboard=tensorboard,
                                 show_progress=show_progress)
-    return trainer.fit(max_steps=max_steps)
+    return trainer.fit(max_steps=max_steps, max_seconds=max_seconds)

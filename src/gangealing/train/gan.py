@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..build import build, make_checkpoint
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..config import DiscriminatorConfig, GeneratorConfig
+from ..config import ConfigBase, DiscriminatorConfig, GeneratorConfig, setting
 from .augment import ADA_DEFAULT_POLICY, AdaptiveP, ada_augment, diff_augment, parse_ada_policy, parse_policy
 from .runtime import (DistInfo, MetricsLogger, RunDir, StopOnSignal, all_reduce_dict, all_reduce_grads,
                       all_reduce_mean, any_process, broadcast_module, check_resume_settings, ema_update,
@@ -51,57 +51,55 @@ AUTO_AUGMENT_MAX_IMAGES = 30_000
 
 
 @dataclass(frozen=True)
-class GANTrainConfig:
+class GANTrainConfig(ConfigBase):
     """Everything a GAN training run depends on; saved as ``config.json`` and in every checkpoint."""
 
-    data: str = ""
-    preset: str = "tiny"
+    data: str = setting("", "a folder of images, a zip of images, a glob, or an embedded dataset")
+    preset: str = setting("tiny", "the preset the run started from")
     # data
-    size: int = 32
-    pad: str = "center"
-    mirror: bool = False
-    split: str = "train"
+    size: int = setting(32, "training resolution (power of two)")
+    pad: str = setting("center", "crop/pad to square: center, border, zero, none")
+    mirror: bool = setting(False, "random horizontal flips of real images (not for digits or text)")
+    split: str = setting("train", "split of an embedded dataset")
     # generator / discriminator architecture
-    style_dim: int = 128
-    n_mlp: int = 4
-    g_channel_multiplier: float = 1.0
-    g_max_channels: int = 64
-    d_channel_multiplier: float = 1.0
-    d_max_channels: int = 64
+    style_dim: int = setting(128, "latent width")
+    n_mlp: int = setting(4, "mapping-network layers")
+    g_channel_multiplier: float = setting(1.0, "generator channel multiplier (above 32 px)")
+    g_max_channels: int = setting(64, "generator width cap")
+    d_channel_multiplier: float = setting(1.0, "discriminator channel multiplier")
+    d_max_channels: int = setting(64, "discriminator width cap")
     # optimisation
-    batch: int = 16
-    iters: int = 5000
-    lr: float = 0.002
-    beta1: float = 0.0
-    beta2: float = 0.99
-    r1: float = 0.05
-    d_reg_every: int = 16
-    path_reg: float = 0.0
-    g_reg_every: int = 4
-    path_batch_shrink: int = 2
-    mixing: float = 0.9
-    ema_kimg: float = 10.0
-    ema_rampup: float = 0.05
-    augment: str = "auto"
-    augment_policy: str = "color,translation,cutout"
-    augment_p: float = 1.0
+    batch: int = setting(16, "images per step per process")
+    iters: int = setting(5000, "total training steps")
+    lr: float = setting(0.002, "Adam learning rate")
+    beta1: float = setting(0.0, "Adam beta1")
+    beta2: float = setting(0.99, "Adam beta2")
+    r1: float = setting(0.05, "R1 weight gamma")
+    d_reg_every: int = setting(16, "R1 every N steps")
+    path_reg: float = setting(0.0, "path-length regularisation weight (0 = off)")
+    g_reg_every: int = setting(4, "path-length reg every N steps")
+    path_batch_shrink: int = setting(2, "batch divisor for the path-length pass")
+    mixing: float = setting(0.9, "style-mixing probability")
+    ema_kimg: float = setting(10.0, "EMA half-life in thousands of images")
+    ema_rampup: float = setting(0.05, "EMA ramp-up (0 = off)")
+    augment: str = setting("auto", "auto (diffaug below 30k images), diffaug, ada (adaptive, StyleGAN2-ADA) or none")
+    augment_policy: str = setting("color,translation,cutout", "DiffAugment ops: color, translation, cutout")
+    augment_p: float = setting(1.0, "probability of each op")
     # adaptive discriminator augmentation (augment='ada'); see gangealing.train.augment.AdaptiveP
-    ada_target: float = 0.6
-    ada_kimg: float = 100.0
-    ada_interval: int = 4
-    ada_policy: str = "auto"  # auto: translation,scale,rotation,brightness,contrast (+ xflip with --mirror)
-    ada_max_angle: float = 180.0
-    seed: int = 0
-    amp: bool = True
+    ada_target: float = setting(0.6, "ADA: target of E[sign D(real)] (overfitting heuristic)")
+    ada_kimg: float = setting(100.0, "ADA: thousands of images for p to go from 0 to 1")
+    ada_interval: int = setting(4, "ADA: adjust p every N steps")
+    ada_policy: str = setting("auto", "ADA ops: auto (translation,scale,rotation,brightness,contrast, + xflip with "
+                              "--mirror) or a comma list of xflip, translation, scale, rotation, brightness, contrast")
+    ada_max_angle: float = setting(180.0, "ADA: largest rotation in degrees")
+    seed: int = setting(0, "random seed")
+    amp: bool = setting(True, "bf16 mixed precision (GPU only)")
     # bookkeeping
-    log_every: int = 50
-    sample_every: int = 500
-    ckpt_every: int = 500
-    keep: int = 3
-    n_sample: int = 64
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+    log_every: int = setting(50, "metrics every N steps")
+    sample_every: int = setting(500, "sample grid every N steps")
+    ckpt_every: int = setting(500, "checkpoint every N steps")
+    keep: int = setting(3, "numbered checkpoints to keep (0 = all)")
+    n_sample: int = setting(64, "images in the sample grid")
 
     def validate(self) -> "GANTrainConfig":
         """Raise ValueError naming the first setting out of range; return self."""
@@ -127,14 +125,6 @@ class GANTrainConfig:
         if self.ada_policy != "auto":
             parse_ada_policy(self.ada_policy)
         return self
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "GANTrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown GAN training options {unknown}")
-        return cls(**d)
 
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig(size=self.size, style_dim=self.style_dim, n_mlp=self.n_mlp,
@@ -485,16 +475,19 @@ class GANTrainer:
         return save_grid(self.samples().cpu(), self.run.file("samples", f"{self.step:07d}.png"),
                          nrow=int(math.ceil(math.sqrt(self.cfg.n_sample))))
 
-    def train(self, max_seconds: Optional[float] = None) -> TrainResult:
-        """Run until ``cfg.iters`` (or ``max_seconds``, or SIGINT / SIGTERM), checkpointing, logging and
-        sampling on the way; a stop for time or a signal saves a checkpoint first. The run folder is
-        released when it returns."""
+    def fit(self, max_steps: Optional[int] = None, max_seconds: Optional[float] = None) -> TrainResult:
+        """Run until ``cfg.iters`` (or ``max_steps`` more steps, or ``max_seconds``, or SIGINT / SIGTERM),
+        checkpointing, logging and sampling on the way; an early stop saves a checkpoint first. The run
+        folder is released when it returns."""
         with self.run.acquire(), StopOnSignal(announce=self.di.is_primary) as signals:
-            return self._train(signals, max_seconds)
+            return self._fit(signals, max_steps, max_seconds)
 
-    def _train(self, signals: StopOnSignal, max_seconds: Optional[float]) -> TrainResult:
+    train = fit  # the name before the three trainers shared one
+
+    def _fit(self, signals: StopOnSignal, max_steps: Optional[int], max_seconds: Optional[float]) -> TrainResult:
         cfg = self.cfg
         t0 = time.time()
+        stop = cfg.iters if max_steps is None else min(cfg.iters, self.step + max_steps)
         last_ckpt = self.run.latest_checkpoint()
         stopped_by = None
         metrics = MetricsLogger(self.run.path / "metrics.jsonl", enabled=self.di.is_primary,
@@ -507,7 +500,7 @@ class GANTrainer:
         n_acc, t_log = 0, time.time()
         last: Dict[str, float] = {}
         try:
-            while self.step < cfg.iters:
+            while self.step < stop:
                 out = self.train_step()
                 for k, v in out.items():
                     if not torch.isfinite(v):
@@ -532,7 +525,7 @@ class GANTrainer:
                         from ..data.images import read_image
 
                         metrics.log_image(self.step, "samples", read_image(path))
-                if self.step % cfg.ckpt_every == 0 or done:
+                if self.step % cfg.ckpt_every == 0 or done or self.step == stop:
                     last_ckpt = self.save()
                 # Every process must agree to stop (a collective), or the others would wait forever.
                 out_of_time = max_seconds is not None and time.time() - t0 > max_seconds
@@ -555,9 +548,10 @@ def ada_policy(cfg: GANTrainConfig) -> tuple:
 
 def train_gan(cfg: GANTrainConfig, out: Union[str, Path], device: Union[str, torch.device, None] = None,
               cache_dir: Optional[Union[str, Path]] = None, show_progress: bool = True,
-              max_seconds: Optional[float] = None) -> TrainResult:
+              max_steps: Optional[int] = None, max_seconds: Optional[float] = None) -> TrainResult:
     """Train (or resume, if ``out`` holds a checkpoint) a StyleGAN2 generator; see the module docstring."""
-    return GANTrainer(cfg, out, device=device, cache_dir=cache_dir, show_progress=show_progress).train(max_seconds)
+    return GANTrainer(cfg, out, device=device, cache_dir=cache_dir,
+                      show_progress=show_progress).fit(max_steps=max_steps, max_seconds=max_seconds)
 
 
 def saved_train_config(run_or_ckpt: Union[str, Path]) -> Optional[GANTrainConfig]:

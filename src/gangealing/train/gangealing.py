@@ -43,7 +43,6 @@ from torch import Tensor, nn
 
 from gangealing.build import build, build_from_checkpoint, load_state_strict, make_checkpoint
 from gangealing.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from gangealing.config import STNConfig, TargetConfig
 from gangealing.models.pca import fit_pca, sample_w
 from gangealing.models.target import kmeans_candidate_wplus, kmeans_plusplus_targets
 
@@ -61,6 +60,7 @@ __all__ = [
     "GANgealingTrainer",
     "load_generator",
     "build_transformer",
+    "build_target",
     "init_target",
     "sync_gradients",
     "plot_metrics",
@@ -82,7 +82,8 @@ CHANGEABLE = ("loss", "tv_weight", "identity_weight", "freeze_target", "sample_f
 
 def saved_train_config(out: Union[str, Path]) -> Optional[GANgealingTrainConfig]:
     """The settings of the run in folder ``out``: those of its latest checkpoint, or None when it has
-    none (a run that never saved one starts afresh, whatever its ``config.json`` says)."""
+    none (a run that never saved one starts afresh, whatever its ``config.json`` says). Checkpoints of
+    older runs, with flat settings, load too (:meth:`GANgealingTrainConfig.upgrade`)."""
     path = RunDir(out, is_primary=False).latest_checkpoint()
     if path is None:
         return None
@@ -93,8 +94,11 @@ def resume_settings(saved: GANgealingTrainConfig, cfg: GANgealingTrainConfig, ch
                     where: str = "this run") -> Dict[str, Tuple[Any, Any]]:
     """Check ``cfg`` against the ``saved`` settings of a run about to resume; return the changes
     ``{name: (old, new)}``. Raises ValueError naming every setting that may not change: any
-    outside :data:`RESUMABLE`, unless it is in :data:`CHANGEABLE` and ``change_settings``."""
-    return check_resume_settings(saved, cfg, RESUMABLE, CHANGEABLE, change_settings, where)
+    outside :data:`RESUMABLE`, unless it is in :data:`CHANGEABLE` and ``change_settings``. Settings
+    are compared by their flat names (those of the flags)."""
+    flat = dataclasses.make_dataclass("Settings", list(cfg.flat()))
+    return check_resume_settings(flat(**saved.flat()), flat(**cfg.flat()), RESUMABLE, CHANGEABLE, change_settings,
+                                 where)
 
 
 def load_generator(path: Union[str, Path], device: Union[str, torch.device, None] = None) -> nn.Module:
@@ -114,11 +118,16 @@ def load_generator(path: Union[str, Path], device: Union[str, torch.device, None
     return g
 
 
-def build_transformer(cfg: GANgealingTrainConfig, image_channels: int = 3) -> nn.Module:
-    """The spatial transformer that ``cfg`` describes (identity at initialisation)."""
-    return build("stn", STNConfig(transforms=tuple(cfg.transforms), flow_size=cfg.flow_size, input_size=cfg.input_size,
-                                  channel_multiplier=cfg.stn_channel_multiplier, max_channels=cfg.stn_max_channels,
-                                  num_heads=cfg.num_heads, image_channels=image_channels))
+def build_transformer(cfg: GANgealingTrainConfig) -> nn.Module:
+    """The spatial transformer that ``cfg.stn`` describes (identity at initialisation)."""
+    return build("stn", cfg.stn)
+
+
+def build_target(cfg: GANgealingTrainConfig) -> nn.Module:
+    """The congealing target that ``cfg.target`` describes, with at most ``style_dim`` directions
+    (call :meth:`GANgealingTrainConfig.for_generator` first)."""
+    return build("target", dataclasses.replace(cfg.target, num_directions=min(cfg.target.num_directions,
+                                                                             cfg.target.style_dim)))
 
 
 @torch.no_grad()
@@ -131,7 +140,7 @@ def init_target(target: nn.Module, generator: nn.Module, cfg: GANgealingTrainCon
     at the transformer's resolution (``resize``). Returns a summary (explained variance, seeds)."""
     d = generator.style_dim
     w = sample_w(generator.mapping, cfg.pca_samples, d, batch=10_000, generator=rng)  # (M, D)
-    n_comp = min(cfg.num_directions, d)
+    n_comp = min(cfg.target.num_directions, d)
     pca = fit_pca(w, n_comp)
     target.init_from_pca(pca)
     info: Dict[str, Any] = {"pca_samples": int(w.shape[0]),
@@ -228,7 +237,7 @@ class GANgealingTrainer:
                  dist: Optional[DistInfo] = None, loss_fn: Optional[nn.Module] = None, real: Optional[Tensor] = None,
                  tensorboard: bool = True, show_progress: bool = True, generator_source: str = "",
                  change_settings: bool = False):
-        self.cfg = cfg.validate()
+        cfg = self.cfg = cfg.validate().for_generator(generator)
         self.dist = dist or DistInfo()
         self.device = self.dist.device
         self.generator = generator.to(self.device).eval()
@@ -245,7 +254,7 @@ class GANgealingTrainer:
 
             loss_fn = build_perceptual_loss(cfg.loss)
         self.loss_fn = loss_fn.to(self.device).eval()
-        self.resize = make_resize(generator.size, cfg.flow_size).to(self.device)
+        self.resize = make_resize(generator.size, cfg.stn.flow_size).to(self.device)
 
         # Same seed on every process for the models; a per-process stream for the samples.
         torch.manual_seed(cfg.seed)
@@ -253,9 +262,7 @@ class GANgealingTrainer:
         self.stn_ema = copy.deepcopy(self.stn).eval()
         for p in self.stn_ema.parameters():
             p.requires_grad_(False)
-        self.target = build("target", TargetConfig(style_dim=generator.style_dim, n_latent=generator.n_latent,
-                                                   num_directions=min(cfg.num_directions, generator.style_dim),
-                                                   inject=cfg.inject, num_heads=cfg.num_heads)).to(self.device)
+        self.target = build_target(cfg).to(self.device)
         self.t_optim = torch.optim.Adam(self.stn.parameters(), lr=cfg.stn_lr, betas=(0.9, 0.999), eps=1e-8)
         self.ll_optim = torch.optim.Adam(self.target.parameters(), lr=cfg.target_lr, betas=(0.9, 0.999), eps=1e-8)
         self.t_sched = DecayingCosineRestarts(self.t_optim, t0=1, t_mult=cfg.t_mult, decay=cfg.decay)
@@ -289,7 +296,7 @@ class GANgealingTrainer:
         # Fixed samples for the visuals (same on every process; only the primary draws them).
         vis_rng = torch.Generator(device=self.device)
         vis_rng.manual_seed(cfg.seed + 12345)
-        per = max(1, cfg.n_sample // cfg.num_heads)
+        per = max(1, cfg.n_sample // cfg.stn.num_heads)
         self.vis_z = generator.sample_z(per, generator=vis_rng)  # (V, D)
 
     # ------------------------------------------------------------------ checkpoints
@@ -297,7 +304,7 @@ class GANgealingTrainer:
         """The current model (EMA transformer) as a gangealing 'model' :class:`Checkpoint`."""
         cfg = self.cfg
         meta = {"source": "gangealing train", "generator_source": self.generator_source,
-                "test": {"iters": 1, "padding_mode": cfg.padding_mode, "flip": bool(cfg.flips and cfg.num_heads == 1)},
+                "test": {"iters": 1, "padding_mode": cfg.padding_mode, "flip": bool(cfg.flips and cfg.stn.num_heads == 1)},
                 "train": dataclasses.asdict(cfg), "flips": bool(cfg.flips)}
         return make_checkpoint("model", {"generator": self.generator, "stn": self.stn_ema, "target": self.target},
                                step=self.step, meta=meta)
@@ -362,7 +369,7 @@ class GANgealingTrainer:
         self.t_optim.zero_grad(set_to_none=True)
         self.ll_optim.zero_grad(set_to_none=True)
         sums: Dict[str, Tensor] = {}
-        heads = torch.zeros(cfg.num_heads * (2 if cfg.flips else 1), device=self.device)
+        heads = torch.zeros(cfg.stn.num_heads * (2 if cfg.flips else 1), device=self.device)
         for _ in range(self.accumulation):
             terms = congealing_step(self.generator, self.stn, self.target, self.loss_fn, psi, cfg.micro_batch,
                                     self.resize, flips=cfg.flips, tv_weight=cfg.tv_weight,
@@ -446,7 +453,7 @@ class GANgealingTrainer:
             return {}
         from gangealing.vis import make_grid, save_grid
 
-        cfg, g, k = self.cfg, self.generator, self.cfg.num_heads
+        cfg, g, k = self.cfg, self.generator, self.cfg.stn.num_heads
         step = self.step
         psi = anneal_psi(max(step, 1), cfg.anneal_psi, cfg.anneal_fn) if step else 1.0
         w = g.mapping(self.vis_z)  # (V, D)
@@ -463,7 +470,7 @@ class GANgealingTrainer:
                  "target": (self.resize(g.synthesis(c, noise="const")), None)}
         if self.real is not None and len(self.real):
             real = self.real[: cfg.n_sample].to(self.device)
-            rr = self.stn_ema(real, output_resolution=cfg.input_size, padding_mode=cfg.padding_mode)
+            rr = self.stn_ema(real, output_resolution=cfg.stn.input_size, padding_mode=cfg.padding_mode)
             grids["real"] = (real, None)
             grids["real_congealed"] = (rr.images, k)
             grids["real_average"] = (self.congealed_average(), None)
@@ -483,9 +490,9 @@ class GANgealingTrainer:
         real = self.real[: self.cfg.n_mean]
         total = None
         for chunk in real.split(batch):
-            res = self.stn_ema(chunk.to(self.device), output_resolution=self.cfg.input_size,
+            res = self.stn_ema(chunk.to(self.device), output_resolution=self.cfg.stn.input_size,
                                padding_mode=self.cfg.padding_mode)
-            imgs = res.images.unflatten(0, (chunk.shape[0], self.cfg.num_heads)).sum(0)  # (K, C, R, R)
+            imgs = res.images.unflatten(0, (chunk.shape[0], self.cfg.stn.num_heads)).sum(0)  # (K, C, R, R)
             total = imgs if total is None else total + imgs
         return total / real.shape[0]
 
@@ -507,7 +514,7 @@ def train_gangealing(cfg: GANgealingTrainConfig, generator_path: Union[str, Path
     dist_info = init_distributed(device)
     cfg.validate()
     gen = load_generator(generator_path, dist_info.device)
-    real_images = _load_real(real, cfg.input_size, real_split, max(cfg.n_mean, cfg.n_sample)) if real else None
+    real_images = _load_real(real, cfg.stn.input_size, real_split, max(cfg.n_mean, cfg.n_sample)) if real else None
     trainer = GANgealingTrainer(cfg, gen, out, dist=dist_info, real=real_images, tensorboard=tensorboard,
                                 show_progress=show_progress, generator_source=str(generator_path),
                                 change_settings=change_settings)

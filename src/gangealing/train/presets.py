@@ -15,58 +15,129 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
-__all__ = ["GANgealingTrainConfig", "ClassifierTrainConfig", "PRESETS", "get_preset", "preset_names"]
+from gangealing.config import ConfigBase, STNConfig, TargetConfig, setting
+from gangealing.geometry.warp import PADDING_MODES
+
+__all__ = ["GANgealingTrainConfig", "ClassifierTrainConfig", "MODEL_SETTINGS", "PRESETS", "get_preset", "preset_names"]
+
+# The model settings a training run chooses, by their flat names (the CLI flags, and the keys of the
+# flat ``config.json`` of older runs) -> the nested fields they set. The rest of the model configs
+# follows the generator (:meth:`GANgealingTrainConfig.for_generator`).
+MODEL_SETTINGS: Dict[str, Tuple[str, ...]] = {
+    "transforms": ("stn.transforms",),
+    "num_heads": ("stn.num_heads", "target.num_heads"),
+    "num_directions": ("target.num_directions",),
+    "inject": ("target.inject",),
+    "flow_size": ("stn.flow_size",),
+    "input_size": ("stn.input_size",),
+    "stn_channel_multiplier": ("stn.channel_multiplier",),
+    "stn_max_channels": ("stn.max_channels",),
+}
+
+
+def _pop_model_settings(d: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Remove the flat model settings from ``d``; return them as ``{section: {field: value}}``."""
+    nested: Dict[str, Dict[str, Any]] = {}
+    for name in [k for k in d if k in MODEL_SETTINGS]:
+        value = d.pop(name)
+        for path in MODEL_SETTINGS[name]:
+            section, field = path.split(".")
+            nested.setdefault(section, {})[field] = value
+    return nested
 
 
 @dataclass(frozen=True)
-class GANgealingTrainConfig:
-    """Every hyperparameter of a GANgealing run (saved as ``config.json`` and in checkpoints)."""
+class GANgealingTrainConfig(ConfigBase):
+    """Every hyperparameter of a GANgealing run (saved as ``config.json`` and in checkpoints).
 
+    The models are their own configs, ``stn`` and ``target``; the training code, the CLI and
+    :meth:`replace` also name their settings flat (:data:`MODEL_SETTINGS`: ``cfg.flow_size`` is
+    ``cfg.stn.flow_size``, ``replace(num_heads=4)`` sets both heads), and :meth:`from_dict` reads
+    the flat layout of older runs and checkpoints.
+    """
+
+    # -- models (the target's style_dim and n_latent are the generator's: see for_generator)
+    stn: STNConfig = setting(doc="the spatial transformer", default_factory=STNConfig)
+    target: TargetConfig = setting(doc="the congealing target", default_factory=TargetConfig)
     # -- objective
-    transforms: Tuple[str, ...] = ("similarity", "flow")
-    num_heads: int = 1  # K clusters (K targets and K transformer heads); 1 = unimodal
-    flips: bool = False  # the mirrored input competes in the min (clustering variant)
-    num_directions: int = 1  # PCA directions spanning the target's search space (the original's ndirs)
-    inject: int = 5  # W+ rows taken from the target c
-    loss: str = "lpips-vgg"  # perceptual loss (gangealing.losses.perceptual); 'mobilenet' works offline
-    tv_weight: float = 1000.0
-    identity_weight: float = 1.0
-    freeze_target: bool = False  # keep c fixed at its initialisation
-    sample_from_full_res: bool = False  # sample pixels from the full-resolution generator output
-    padding_mode: str = "reflection"
-    # Random similarity applied to each generated input (not to its target), as
-    # (max_angle_deg, min_scale, max_scale, max_shift): angle uniform in +-max_angle, content scale
-    # uniform in [min_scale, max_scale], shifts uniform in +-max_shift of the image side. () = off,
-    # the paper's setting. An extension: it teaches the transformer to undo poses that the
-    # generator's data never shows (e.g. rotated digits from a GAN of centred MNIST).
-    input_jitter: Tuple[float, ...] = ()
-    # -- transformer architecture
-    flow_size: int = 128
-    input_size: int = 256  # resolution of real images fed at test time (the original's real_size)
-    stn_channel_multiplier: float = 0.5
-    stn_max_channels: int = 512
+    flips: bool = setting(False, "let the mirrored sample compete in the min over clusters (clustering variant)")
+    loss: str = setting("lpips-vgg", "perceptual loss: lpips-vgg, vgg-ssl, mobilenet (offline), l1, l2")
+    tv_weight: float = setting(1000.0, "weight of the Huber total-variation loss on the residual flow")
+    identity_weight: float = setting(1.0, "weight of the L2 identity loss on the residual flow")
+    freeze_target: bool = setting(False, "keep the target c at its initialisation")
+    sample_from_full_res: bool = setting(False, "sample pixels from the full-resolution generator output")
+    padding_mode: str = setting("reflection", "grid-sample padding: " + ", ".join(PADDING_MODES))
+    # Random similarity applied to each generated input (not to its target): angle uniform in
+    # +-max_angle, content scale uniform in [min_scale, max_scale], shifts uniform in +-max_shift of
+    # the image side. () = off, the paper's setting. An extension: it teaches the transformer to undo
+    # poses that the generator's data never shows (e.g. rotated digits from a GAN of centred MNIST).
+    input_jitter: Tuple[float, ...] = setting((), "random similarity on each generated input, not its target "
+                                              "(extension, off by default): MAX_ANGLE_DEG MIN_SCALE MAX_SCALE "
+                                              "MAX_SHIFT, e.g. 45 0.5 0.9 0.15")
     # -- optimisation
-    iters: int = 1_500_000
-    batch: int = 40  # total samples per optimisation step (all processes, all accumulation steps)
-    micro_batch: int = 5  # samples per process per forward pass
-    stn_lr: float = 1e-3
-    target_lr: float = 1e-2
-    anneal_psi: int = 150_000  # steps over which psi goes from 1 to 0
-    anneal_fn: str = "cosine"
-    period: float = 37_500  # first learning-rate cycle after annealing, in steps
-    t_mult: int = 2
-    decay: float = 0.9
-    ema_decay: float = 0.5 ** (32 / (10 * 1000))  # the original's EMA of the transformer
+    iters: int = setting(1_500_000, "optimisation steps")
+    batch: int = setting(40, "total samples per step over all processes and accumulation passes (paper: 40)")
+    micro_batch: int = setting(5, "samples per process per forward pass (batch / (micro_batch x processes) passes "
+                               "per step)")
+    stn_lr: float = setting(1e-3, "transformer learning rate (Adam)")
+    target_lr: float = setting(1e-2, "target-coefficient learning rate (Adam)")
+    anneal_psi: int = setting(150_000, "steps over which psi anneals from 1 to 0")
+    anneal_fn: str = setting("cosine", "psi schedule: cosine or linear")
+    period: float = setting(37_500, "first learning-rate cycle after annealing, in steps")
+    t_mult: int = setting(2, "cycle-length multiplier of the learning-rate restarts")
+    decay: float = setting(0.9, "peak decay per learning-rate restart")
+    ema_decay: float = setting(0.5 ** (32 / (10 * 1000)),
+                               "per-step decay of the transformer's EMA (the test-time transformer)")
     # -- initialisation
-    pca_samples: int = 1_000_000  # W samples for the PCA of W
-    kmeans_candidates: int = 50_000  # candidate latents for k-means++ (clustering only)
+    pca_samples: int = setting(1_000_000, "W samples for the PCA of W")
+    kmeans_candidates: int = setting(50_000, "candidate latents for the k-means++ initialisation of K targets")
     # -- logging and visuals
-    log_every: int = 25
-    vis_every: int = 5000
-    ckpt_every: int = 50_000
-    n_sample: int = 64  # generated (and real) images per visual
-    n_mean: int = 8000  # real images averaged for the congealed-average visual
-    seed: int = 0
+    log_every: int = setting(25, "steps between metric lines")
+    vis_every: int = setting(5000, "steps between visuals")
+    ckpt_every: int = setting(50_000, "steps between numbered checkpoints")
+    n_sample: int = setting(64, "images per visual (generated and real)")
+    n_mean: int = setting(8000, "real images averaged in the congealed-average visual")
+    seed: int = setting(0, "random seed")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names that are not fields: the flat names of the model settings.
+        if name in MODEL_SETTINGS:
+            section, field = MODEL_SETTINGS[name][0].split(".")
+            return getattr(getattr(self, section), field)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def flat_fields(cls) -> Dict[str, dataclasses.Field]:
+        """The field behind each flat name (its type and help): the model settings, then the training's own."""
+        sections = {"stn": STNConfig, "target": TargetConfig}
+        out = {}
+        for name, paths in MODEL_SETTINGS.items():
+            section, field = paths[0].split(".")
+            out[name] = next(f for f in dataclasses.fields(sections[section]) if f.name == field)
+        out.update((f.name, f) for f in dataclasses.fields(cls) if f.name not in sections)
+        return out
+
+    def flat(self) -> Dict[str, Any]:
+        """Every setting by its flat name (the CLI's flags; the layout of older runs' ``config.json``)."""
+        return {name: getattr(self, name) for name in self.flat_fields()}
+
+    def replace(self, **changes: Any) -> "GANgealingTrainConfig":
+        """A copy with ``changes``, by field or flat name (unknown names raise TypeError)."""
+        for section, values in _pop_model_settings(changes).items():
+            changes[section] = dataclasses.replace(changes.get(section, getattr(self, section)), **values)
+        return dataclasses.replace(self, **changes)
+
+    def for_generator(self, generator: Any) -> "GANgealingTrainConfig":
+        """This config with the target's ``style_dim`` and ``n_latent`` taken from ``generator``."""
+        return dataclasses.replace(self, target=dataclasses.replace(
+            self.target, style_dim=generator.style_dim, n_latent=generator.n_latent))
+
+    @classmethod
+    def upgrade(cls, d: Dict[str, Any]) -> Dict[str, Any]:
+        """The flat layout of older runs (``flow_size``, ``stn_channel_multiplier``, ...) -> nested."""
+        for section, values in _pop_model_settings(d).items():
+            d[section] = {**d.get(section, {}), **values}
+        return d
 
     def accumulation(self, world_size: int = 1) -> int:
         """Forward passes per process per step: ``batch / (micro_batch * world_size)`` (must divide)."""
@@ -78,14 +149,18 @@ class GANgealingTrainConfig:
 
     def validate(self) -> "GANgealingTrainConfig":
         """Raise ValueError on inconsistent settings; return self."""
-        if tuple(self.transforms) not in {("similarity",), ("flow",), ("similarity", "flow")}:
-            raise ValueError(f"transforms must be similarity, flow or similarity flow, got {self.transforms}")
-        if "flow" not in self.transforms and self.tv_weight:
+        transforms = tuple(self.stn.transforms)
+        if transforms not in {("similarity",), ("flow",), ("similarity", "flow")}:
+            raise ValueError(f"transforms must be similarity, flow or similarity flow, got {transforms}")
+        if "flow" not in transforms and self.tv_weight:
             raise ValueError("a similarity-only transformer has no flow: set tv_weight 0 (as the original requires)")
+        if self.stn.num_heads != self.target.num_heads:
+            raise ValueError(f"the transformer has {self.stn.num_heads} heads and the target {self.target.num_heads}: "
+                             "set both with num_heads")
         _check_positive(self, ("iters", "batch", "micro_batch", "num_heads", "num_directions", "flow_size",
                                "input_size", "period", "pca_samples", "log_every", "vis_every", "ckpt_every"))
-        if self.input_size % self.flow_size:
-            raise ValueError(f"input_size {self.input_size} must be a multiple of flow_size {self.flow_size}")
+        if self.stn.input_size % self.stn.flow_size:
+            raise ValueError(f"input_size {self.stn.input_size} must be a multiple of flow_size {self.stn.flow_size}")
         if self.anneal_fn not in ("cosine", "linear"):
             raise ValueError(f"anneal_fn must be cosine or linear, got {self.anneal_fn!r}")
         if self.input_jitter:
@@ -95,39 +170,27 @@ class GANgealingTrainConfig:
             _, lo, hi, shift = self.input_jitter
             if not 0 < lo <= hi or shift < 0:
                 raise ValueError(f"input_jitter needs 0 < min_scale <= max_scale and max_shift >= 0, got {self.input_jitter}")
-        if self.padding_mode not in ("border", "zeros", "reflection"):
-            raise ValueError(f"padding_mode must be border, zeros or reflection, got {self.padding_mode!r}")
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {self.padding_mode!r}")
         return self
-
-    def replace(self, **changes: Any) -> "GANgealingTrainConfig":
-        """A copy with ``changes`` (unknown names raise TypeError)."""
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "GANgealingTrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training options {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 @dataclass(frozen=True)
-class ClassifierTrainConfig:
+class ClassifierTrainConfig(ConfigBase):
     """Cluster-classifier training (the original's ``train_cluster_classifier.py`` defaults)."""
 
-    iters: int = 55_000
-    batch: int = 40
-    micro_batch: int = 5
-    lr: float = 1e-3
-    period: float = 50_000  # cosine restarts from step 0 (no annealing phase)
-    t_mult: int = 2
-    decay: float = 0.9
-    log_every: int = 25
-    vis_every: int = 5000
-    ckpt_every: int = 50_000
-    n_sample: int = 64
-    seed: int = 0
+    iters: int = setting(55_000, "optimisation steps")
+    batch: int = setting(40, "total generated samples per step over processes and accumulation passes")
+    micro_batch: int = setting(5, "samples per process per forward pass")
+    lr: float = setting(1e-3, "Adam learning rate")
+    period: float = setting(50_000, "first learning-rate cycle in steps (cosine restarts from step 0)")
+    t_mult: int = setting(2, "cycle-length multiplier")
+    decay: float = setting(0.9, "peak decay per restart")
+    log_every: int = setting(25, "steps between metric lines")
+    vis_every: int = setting(5000, "steps between visuals")
+    ckpt_every: int = setting(50_000, "steps between numbered checkpoints")
+    n_sample: int = setting(64, "generated images in the by-cluster visual")
+    seed: int = setting(0, "random seed")
 
     def validate(self) -> "ClassifierTrainConfig":
         """Raise ValueError on impossible settings; return self."""
@@ -145,7 +208,7 @@ def _check_positive(cfg: Any, names: Tuple[str, ...]) -> None:
 
 # ------------------------------------------------------------------------------------------ presets
 def _paper(**kw: Any) -> GANgealingTrainConfig:
-    return GANgealingTrainConfig(**kw)
+    return GANgealingTrainConfig().replace(**kw)
 
 
 def _tiny(**kw: Any) -> GANgealingTrainConfig:
@@ -155,7 +218,7 @@ def _tiny(**kw: Any) -> GANgealingTrainConfig:
                 log_every=10, vis_every=250, ckpt_every=250, n_sample=32, n_mean=1000,
                 ema_decay=0.5 ** (1 / 75))  # EMA half-life of 75 steps (the paper's 312 suits 1.5M steps)
     base.update(kw)
-    return GANgealingTrainConfig(**base)
+    return GANgealingTrainConfig().replace(**base)
 
 
 PRESETS: Dict[str, Callable[[], GANgealingTrainConfig]] = {
