@@ -43,18 +43,33 @@ def _free_port() -> int:
 
 DRIVER = """
 import sys
-from gangealing.cli import main
-for argv in {runs!r}:
-    assert main(argv) == 0, argv
+from pathlib import Path
+
+from gangealing.apps.curate import curate_dataset
+from gangealing.apps.propagate import propagate_files
+from gangealing.apps.video import dense_points, process_video
+from gangealing.data.edits import read_edit
+from gangealing.distributed import finish, init_distributed
+from gangealing.predictor import Congealer
+
+root, out = Path(sys.argv[1]), Path(sys.argv[2])
+dist = init_distributed("cpu")
+congealer = Congealer.from_checkpoint(str(root / "m.pt"), device="cpu")
+edit = read_edit(root / "edit.png")
+process_video(congealer, root / "in", out / "video", edit=edit, points=dense_points(3), points_size=3, congealed=True,
+              batch_size=2, video_format="gif", dist=dist, progress=False)
+propagate_files(congealer, [root / "in"], out / "prop", edit, batch_size=2, dist=dist)
+curate_dataset(congealer, [root / "in"], out / "cur", output_resolution=12, min_effective_resolution=4,
+               oob_threshold=0.9, batch_size=2, dist=dist, progress=False)
+finish(dist)
 """
 
 
 def test_propagate_video_curate_under_torchrun_match_one_process(tmp_path):
     from gangealing.apps.video import read_video
-    from gangealing.cli import main
     from test_app_propagate import tiny_checkpoint
 
-    ckpt = tiny_checkpoint(tmp_path / "m.pt", translate=0.1)
+    tiny_checkpoint(tmp_path / "m.pt", translate=0.1)
     rng = np.random.default_rng(0)
     (tmp_path / "in").mkdir()
     for i in range(5):
@@ -64,22 +79,13 @@ def test_propagate_video_curate_under_torchrun_match_one_process(tmp_path):
     edit[..., :3] = (250, 20, 130)
     edit[4:10, 3:12, 3] = 255
     Image.fromarray(edit).save(tmp_path / "edit.png")
-    model = ["--ckpt", ckpt, "--device", "cpu", "--batch-size", "2"]
-
-    def runs(out):
-        return [["video", str(tmp_path / "in"), "--edit", str(tmp_path / "edit.png"), "--dense-points", "3", "--congealed",
-                 "--format", "gif", "--out", str(out / "video"), *model],
-                ["propagate", str(tmp_path / "in"), "--edit", str(tmp_path / "edit.png"), "--out", str(out / "prop"),
-                 *model],
-                ["curate", str(tmp_path / "in"), "--out", str(out / "cur"), "--output-resolution", "12",
-                 "--min-effective-resolution", "4", "--oob-threshold", "0.9", *model]]
-
-    for argv in runs(tmp_path / "one"):
-        assert main(argv) == 0
-    (tmp_path / "driver.py").write_text(DRIVER.format(runs=runs(tmp_path / "two")))
+    (tmp_path / "driver.py").write_text(DRIVER)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(tmp_path), str(one)], env=env, check=True,
+                   timeout=180)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(tmp_path / "driver.py")]
+           "--master_port", str(_free_port()), str(tmp_path / "driver.py"), str(tmp_path), str(two)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     except subprocess.TimeoutExpired:
@@ -88,13 +94,12 @@ def test_propagate_video_curate_under_torchrun_match_one_process(tmp_path):
         pytest.skip(f"torchrun cannot start gloo processes here: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    one, two = tmp_path / "one", tmp_path / "two"
     for kind in ("propagated", "congealed"):
         np.testing.assert_array_equal(read_video(one / "video" / f"{kind}.gif"), read_video(two / "video" / f"{kind}.gif"))
     np.testing.assert_allclose(np.load(one / "video" / "correspondences.npy"),
                                np.load(two / "video" / "correspondences.npy"), atol=1e-5)
     info_one, info_two = (json.loads((d / "video" / "video.json").read_text()) for d in (one, two))
-    assert info_one == info_two and not (two / "video" / ".parts").exists()
+    assert info_one == info_two and info_one["frames"] == 5 and not (two / "video" / ".parts").exists()
     records = json.loads((one / "prop" / "results.json").read_text())
     assert json.loads((two / "prop" / "results.json").read_text()) == records
     for r in records["records"]:
