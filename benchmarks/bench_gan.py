@@ -26,7 +26,7 @@ from pathlib import Path
 def bench_speed(preset: str, steps: int, warmup: int, data: str, device: str | None) -> dict:
     import torch
 
-    from gangealing.apps.bench import step_times
+    from gangealing.train.timing import step_times
     from gangealing.train.gan import GANTrainer, resolve_config
 
     cfg = resolve_config(preset, data=data, iters=10**9, log_every=10**9, sample_every=10**9, ckpt_every=10**9)

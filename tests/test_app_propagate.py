@@ -4,23 +4,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from gangealing.build import build, make_checkpoint
-from gangealing.checkpoint import save_checkpoint
 from gangealing.cli import main
-from gangealing.config import STNConfig
-
-
-def tiny_checkpoint(path, size=16, translate=0.0):
-    """A model checkpoint whose transformer is the identity (optionally a translation by ``translate``)."""
-    torch.manual_seed(0)
-    stn = build("stn", STNConfig(flow_size=size, input_size=size, channel_multiplier=0.125, max_channels=16))
-    with torch.no_grad():
-        stn.stns[0].warp_head.linear.bias[2] = translate  # raw tx of the similarity (normalised units)
-    save_checkpoint(make_checkpoint("model", {"stn": stn}), path)
-    return str(path)
+from helpers import tiny_checkpoint
 
 
 def _digest(folder):

@@ -9,7 +9,7 @@ from PIL import Image
 from gangealing.apps.video import FrameSource, chunk_range, read_video, write_video
 from gangealing.cli import main
 
-from test_app_propagate import tiny_checkpoint
+from helpers import tiny_checkpoint
 
 av = pytest.importorskip("av")
 

@@ -9,7 +9,7 @@ from gangealing.build import load_model
 from gangealing.cli import main
 from gangealing.predictor import Congealer
 
-from test_app_propagate import tiny_checkpoint
+from helpers import tiny_checkpoint
 
 
 @pytest.fixture()

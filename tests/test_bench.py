@@ -4,6 +4,10 @@ import pytest
 import torch
 
 from gangealing.apps import bench as B
+from gangealing.data.perturb import perturb_digits, stroke_points
+from gangealing.metrics.alignment import hungarian_accuracy, mask_iou, pck_at, random_pairs
+from gangealing.metrics.mask_transfer import classic_mask_transfer, congealer_mask_transfer, grid_mask_transfer
+from gangealing.zoo import MODELS, available_models, resolve_model, resolve_model_file
 from gangealing.geometry.coords import identity_grid
 
 
@@ -40,9 +44,9 @@ def test_identity_model_identical_pairs_iou_one(resolution):
     images, masks = _blobs()
     c = GridCongealer(identity_grid(16, 4), images)
     pairs = torch.tensor([[0, 0], [1, 1], [3, 3]])
-    out = B.congealer_mask_transfer(c, images, masks, pairs, resolution=resolution)
+    out = congealer_mask_transfer(c, images, masks, pairs, resolution=resolution)
     assert torch.equal(out, masks[pairs[:, 1]])
-    assert B.mask_iou(out, masks[pairs[:, 1]]).tolist() == [1.0, 1.0, 1.0]
+    assert mask_iou(out, masks[pairs[:, 1]]).tolist() == [1.0, 1.0, 1.0]
 
 
 def test_known_shift_is_undone_exactly():
@@ -55,46 +59,46 @@ def test_known_shift_is_undone_exactly():
     images = masks.float().mul(2).sub(1).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
     grid = identity_grid(size, 2).clone()
     grid[1, ..., 0] += 2 * s / size  # normalised shift of s px
-    out = B.congealer_mask_transfer(GridCongealer(grid, images), images, masks, torch.tensor([[0, 1]]), resolution=16)
+    out = congealer_mask_transfer(GridCongealer(grid, images), images, masks, torch.tensor([[0, 1]]), resolution=16)
     assert torch.equal(out[0], b)
-    assert float(B.mask_iou(masks[:1], masks[1:])) < 0.6  # without alignment they overlap much less
+    assert float(mask_iou(masks[:1], masks[1:])) < 0.6  # without alignment they overlap much less
 
 
 def test_no_alignment_iou_is_the_direct_computation():
     _, masks = _blobs(6, 12, seed=3)
-    pairs = B.random_pairs([0, 0, 0, 1, 1, 1], 20, seed=1)
-    got = B.mask_iou(masks[pairs[:, 0]], masks[pairs[:, 1]])
+    pairs = random_pairs([0, 0, 0, 1, 1, 1], 20, seed=1)
+    got = mask_iou(masks[pairs[:, 0]], masks[pairs[:, 1]])
     a, b = masks[pairs[:, 0]].numpy(), masks[pairs[:, 1]].numpy()
     direct = (a & b).sum((1, 2)) / (a | b).sum((1, 2))
     np.testing.assert_allclose(got.numpy(), direct, rtol=0, atol=1e-12)
-    assert float(B.mask_iou(torch.zeros(1, 3, 3), torch.zeros(1, 3, 3))) == 1.0
+    assert float(mask_iou(torch.zeros(1, 3, 3), torch.zeros(1, 3, 3))) == 1.0
 
 
 def test_random_pairs_same_class_distinct_and_seeded():
     labels = [0, 0, 1, 1, 1, 2]
-    p = B.random_pairs(labels, 200, seed=5)
+    p = random_pairs(labels, 200, seed=5)
     lab = torch.tensor(labels)
     assert (lab[p[:, 0]] == lab[p[:, 1]]).all() and (p[:, 0] != p[:, 1]).all()
     assert not (p == 5).any()  # the only image of class 2 has no partner
-    assert torch.equal(p, B.random_pairs(labels, 200, seed=5))
+    assert torch.equal(p, random_pairs(labels, 200, seed=5))
 
 
 def test_classic_identity_matrices_copy_the_mask():
     _, masks = _blobs(3, 10)
     eye = torch.eye(2, 3).expand(3, 2, 3)
     pairs = torch.tensor([[0, 1], [2, 0]])
-    assert torch.equal(B.classic_mask_transfer(eye, masks, pairs), masks[pairs[:, 0]])
+    assert torch.equal(classic_mask_transfer(eye, masks, pairs), masks[pairs[:, 0]])
 
 
 def test_hungarian_accuracy():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 500)
     perm = rng.permutation(10)
-    assert B.hungarian_accuracy(perm[labels], labels) == 1.0
+    assert hungarian_accuracy(perm[labels], labels) == 1.0
     pred = perm[labels].copy()
     pred[:50] = (pred[:50] + 1) % 10  # 50 wrong (each moved to another cluster)
-    assert B.hungarian_accuracy(pred, labels) == pytest.approx(0.9)
-    assert B.hungarian_accuracy([0, 0, 0, 0], [0, 1, 2, 3]) == 0.25  # one cluster matches one label
+    assert hungarian_accuracy(pred, labels) == pytest.approx(0.9)
+    assert hungarian_accuracy([0, 0, 0, 0], [0, 1, 2, 3]) == 0.25  # one cluster matches one label
 
 
 def test_perturbation_ground_truth_and_pck():
@@ -103,8 +107,8 @@ def test_perturbation_ground_truth_and_pck():
     g = torch.Generator().manual_seed(0)
     digits = torch.zeros(3, 28, 28, dtype=torch.uint8)
     digits[:, 8:20, 12:16] = 255
-    p = B.perturb_digits(digits, 40, g)
-    pts = B.stroke_points(digits, 6, g)
+    p = perturb_digits(digits, 40, g)
+    pts = stroke_points(digits, 6, g)
     assert (digits[0][pts[0, :, 1].long(), pts[0, :, 0].long()] == 255).all()
     canvas_pts = apply_affine(pts, p.to_canvas)  # (3, 6, 2)
     # The canvas is bright where the known transform sends stroke centres.
@@ -114,9 +118,9 @@ def test_perturbation_ground_truth_and_pck():
     back = apply_affine(canvas_pts, invert_affine(p.to_canvas))
     torch.testing.assert_close(back, pts, atol=1e-4, rtol=0)
     vis = torch.ones(3, 6, dtype=torch.bool)
-    assert B.pck_at(canvas_pts, canvas_pts, vis, 40, (0.1, 0.05)) == [1.0, 1.0]
-    assert B.pck_at(canvas_pts + 3.0, canvas_pts, vis, 40, (0.1, 0.05)) == [0.0, 0.0]  # error 4.24 px > 4 px
-    ident = B.perturb_digits(digits, 28, g, identity=True)
+    assert pck_at(canvas_pts, canvas_pts, vis, 40, (0.1, 0.05)) == [1.0, 1.0]
+    assert pck_at(canvas_pts + 3.0, canvas_pts, vis, 40, (0.1, 0.05)) == [0.0, 0.0]  # error 4.24 px > 4 px
+    ident = perturb_digits(digits, 28, g, identity=True)
     torch.testing.assert_close(ident.images[:, 0], digits.float() / 127.5 - 1, atol=1e-5, rtol=0)
 
 
@@ -131,12 +135,12 @@ def test_identity_transformer_transfers_points_exactly():
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     pts = torch.tensor([[[5.0, 7.0], [20.0, 11.0], [30.0, 2.0]]]).expand(2, 3, 2)
     est = c.transfer_points(images, images, pts)
-    assert B.pck_at(est, pts, torch.ones(2, 3, dtype=torch.bool), 32, (0.05,)) == [1.0]
+    assert pck_at(est, pts, torch.ones(2, 3, dtype=torch.bool), 32, (0.05,)) == [1.0]
 
 
 def test_registry_and_missing_models(tmp_path):
-    found, missing = B.available_models(root=tmp_path)
-    assert found == {} and set(missing) == set(B.MODELS)
+    found, missing = available_models(root=tmp_path)
+    assert found == {} and set(missing) == set(MODELS)
 
 
 def test_markdown_of_a_result():
@@ -160,7 +164,7 @@ def test_bench_command_runs(tmp_path):
     assert rc == 0
     data = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in data["mask_transfer"]]
-    assert methods[0] == "no alignment" and len(methods) == (2 if B.resolve_model("gangealing-tiny-cat") else 1)
+    assert methods[0] == "no alignment" and len(methods) == (2 if resolve_model("gangealing-tiny-cat") else 1)
     assert all(0 <= r["iou"] <= 1 for r in data["mask_transfer"])
     assert data["mnist_pck"] and (out / "results.md").is_file()
     assert data["train_throughput"] == []
@@ -174,7 +178,7 @@ def test_training_throughput_is_measured_per_preset():
     assert len(gan) == 1 and gan[0]["batch"] == 16 and gan[0]["images_per_s"] > 0
     assert abs(gan[0]["images_per_s"] * gan[0]["s_per_step"] - 16) < 1e-6
     gg = [r for r in rows if r["what"] == "train"]
-    if B.resolve_model_file("models/gan-tiny-cat/generator.pt") is not None:
+    if resolve_model_file("models/gan-tiny-cat/generator.pt") is not None:
         assert len(gg) == 1 and gg[0]["batch"] == 40 and gg[0]["images_per_s"] > 0
     md = B.to_markdown(B.BenchResult(config={}, train_throughput=rows))
     assert "## Training throughput" in md and "| train-gan | tiny | 32 px | 16 |" in md
@@ -184,14 +188,14 @@ def test_grid_mask_transfer_identity_copies_the_mask():
     images, masks = _blobs()
     grids = identity_grid(16).expand(4, -1, -1, -1)
     pairs = torch.tensor([[0, 0], [1, 1], [2, 3]])
-    out = B.grid_mask_transfer(grids, masks, pairs, resolution=16)
+    out = grid_mask_transfer(grids, masks, pairs, resolution=16)
     assert torch.equal(out[:2], masks[:2]) and torch.equal(out[2], masks[2])
 
 
 @pytest.mark.slow
 def test_refine_and_gradient_congealing_rows():
     cfg = B.BenchConfig(pairs=20, refine_steps=2, refine_distill_steps=0, inductive_classes=())
-    rows = B._mask_rows("cat", cfg, {}, lambda: None)
+    rows = B._mask_rows("cat", cfg, {}, MODELS, lambda: None)
     by = {r["method"]: r for r in rows}
     assert by["gradient congealing (similarity)"]["iou"] > by["no alignment"]["iou"]
     assert by["gradient congealing + per-image 8x8 flow (set-level)"]["iou"] > by["gradient congealing (similarity)"]["iou"]

@@ -60,7 +60,7 @@ def test_moves_every_image_prefers_do_not_freeze_the_stack():
     # Regression: perturbed MNIST threes on a 40 px canvas. Shrinking lowers the entropy of any
     # stack, so every image once chose "shrink" each sweep, the re-centring undid it, and nothing
     # moved (objective constant, parameters exactly 0). Moves are now judged net of their mean gain.
-    from gangealing.apps.bench import perturb_digits
+    from gangealing.data.perturb import perturb_digits
     from gangealing.data.embedded import load_embedded
 
     digits = torch.from_numpy(load_embedded("mnist:3", split="test").images[:30]).squeeze(-1)

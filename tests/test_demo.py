@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from gangealing.apps import bench as B
+from gangealing.zoo import resolve_model
 from gangealing.apps.demo import correspondence_colours, make_hat_edit
 
 
@@ -28,7 +28,7 @@ def test_correspondence_colours_are_unique_per_position():
 
 
 def _have_models():
-    return B.resolve_model("gangealing-tiny-cat") is not None
+    return resolve_model("gangealing-tiny-cat") is not None
 
 
 @pytest.mark.slow
@@ -43,12 +43,12 @@ def test_demo_writes_the_report(tmp_path):
                  "gangealing-tiny-cat_average_congealed.png", "gangealing-tiny-cat_edit_propagated.png",
                  "gangealing-tiny-cat_correspondences.png", "summary.png"]:
         assert (out / name).is_file() and name in html
-    if B.resolve_model("gangealing-tiny-cat-k2flips") is not None:
+    if resolve_model("gangealing-tiny-cat-k2flips") is not None:
         assert list(out.glob("gangealing-tiny-cat-k2flips_cluster*_average.png"))
-    if B.resolve_model("gangealing-tiny-mnist3") is not None:
+    if resolve_model("gangealing-tiny-mnist3") is not None:
         for name in ["gangealing-tiny-mnist3_perturbed.png", "gangealing-tiny-mnist3_congealed.png"]:
             assert (out / name).is_file() and name in html
-    if B.resolve_model("gangealing-tiny-mnist-k10") is not None:
+    if resolve_model("gangealing-tiny-mnist-k10") is not None:
         assert len(list(out.glob("gangealing-tiny-mnist-k10_cluster*.png"))) >= 2
     assert "Benchmark" in html
 

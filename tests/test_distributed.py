@@ -67,7 +67,7 @@ finish(dist)
 
 def test_propagate_video_curate_under_torchrun_match_one_process(tmp_path):
     from gangealing.apps.video import read_video
-    from test_app_propagate import tiny_checkpoint
+    from helpers import tiny_checkpoint
 
     tiny_checkpoint(tmp_path / "m.pt", translate=0.1)
     rng = np.random.default_rng(0)

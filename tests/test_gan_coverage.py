@@ -222,10 +222,11 @@ def test_eval_gan_reports_coverage_digits_and_grid(tmp_path, capsys):
 
 
 def test_bench_generator_section_rows_and_table(tmp_path):
+    from gangealing.zoo import resolve_model_file
     from gangealing.apps import bench as B
     from gangealing.apps.bench_generators import GENERATORS, generator_rows, generators_markdown, real_vs_real_row
 
-    path = B.resolve_model_file(GENERATORS["gan-cat"].path)
+    path = resolve_model_file(GENERATORS["gan-cat"].path)
     assert path is not None, "models/gan-cat/generator.pt is committed"
     rows = generator_rows({"gan-cat": path}, n=12)
     rows.append(real_vs_real_row("animals:cat", n=12))

@@ -179,7 +179,7 @@ def test_refine_command_from_nothing_and_align(tmp_path, monkeypatch):
 
 
 def test_refine_command_never_overwrites_the_input_model(tmp_path, monkeypatch, capsys):
-    from gangealing.apps.bench import resolve_model
+    from gangealing.zoo import resolve_model
     from gangealing.cli import main
 
     src = resolve_model("gangealing-tiny-cat")

@@ -7,32 +7,18 @@ ceiling: the dataset's own training split measured against its test split the sa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from ..zoo import GENERATORS, GeneratorEntry
+
 __all__ = ["GeneratorEntry", "GENERATORS", "generator_rows", "real_vs_real_row", "generators_markdown"]
 
 
-@dataclass(frozen=True)
-class GeneratorEntry:
-    """A committed generator: its file (repository-relative) and the embedded data it was trained on."""
-
-    path: str
-    data: str
-    note: str = ""
-
-
-GENERATORS: Dict[str, GeneratorEntry] = {
-    "gan-tiny-mnist": GeneratorEntry("models/gan-tiny-mnist/generator.pt", "mnist", "tiny, CPU, 7k steps of 16"),
-    "gan-tiny-cat": GeneratorEntry("models/gan-tiny-cat/generator.pt", "animals:cat", "tiny, CPU, 2.5k steps of 16"),
-    "gan-cat": GeneratorEntry("models/gan-cat/generator.pt", "animals:cat", "tiny arch., H200, 3.8k steps of 64"),
-    "gan-dog": GeneratorEntry("models/gan-dog/generator.pt", "animals:dog", "tiny arch., H200, 3.7k steps of 64"),
-    "gan-horse": GeneratorEntry("models/gan-horse/generator.pt", "animals:horse", "tiny arch., H200, 3.8k steps of 64"),
-}
+# The registry lives in gangealing.zoo (one home for models and generators); re-exported here.
 
 
 def _row(name: str, data: str, ev: Any, note: str = "") -> Dict[str, Any]:

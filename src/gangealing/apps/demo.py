@@ -1,6 +1,6 @@
 """`gangealing demo`: what GANgealing does, on the committed models and held-out real images, as one HTML report.
 
-For every committed animal model (:data:`gangealing.apps.bench.MODELS`) the report shows, on the
+For every committed animal model (:data:`gangealing.zoo.MODELS`) the report shows, on the
 ``animals`` test split (never seen in training): the inputs, the congealed images, the average
 before and after alignment, an edit drawn once on the average congealed image and carried to every
 image (:meth:`gangealing.predictor.Congealer.propagate`), dense correspondences drawn as colours
@@ -24,8 +24,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .bench import (MODELS, animal_test_set, available_models, congealer_mask_transfer, digits_as_images, mask_iou,
-                    mnist_test_set, random_pairs)
+from ..data.embedded import animal_test_set, digits_as_images, mnist_test_set
+from ..metrics.alignment import mask_iou, random_pairs
+from ..metrics.mask_transfer import congealer_mask_transfer
+from ..zoo import MODELS, available_models
 
 __all__ = ["DemoResult", "make_hat_edit", "correspondence_colours", "run_demo", "FromScratchResult", "run_from_scratch"]
 
@@ -168,7 +170,7 @@ def _digit_section(name: str, c, fig: Callable[..., str], num_images: int, displ
     """The HTML of one MNIST model: the clusters of a clustering model (test digits routed by its
     classifier), or, for a one-digit model, held-out digits under random similarities (rotation up
     to 45 degrees, scale 0.7-1.3, shifts up to 15%, the benchmark's) before and after alignment."""
-    from .bench import perturb_digits
+    from ..data.perturb import perturb_digits
 
     label = MODELS[name].label
     parts: List[str] = []

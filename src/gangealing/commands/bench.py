@@ -12,13 +12,16 @@ ORDER = 95
 EPILOG = """examples:
   gangealing bench --out bench/                       # every committed model that exists
   gangealing bench --out bench/ --models gangealing-tiny-cat --pairs 200 --no-classic
+  gangealing bench --out bench-giraffe/ --model runs/giraffe/model.pt=animals:giraffe   # any model you trained
+  gangealing bench --out bench-3/ --model runs/mnist3/model.pt=mnist:3 --no-generators --no-train-speed
 
 outputs: OUT/results.json and OUT/results.md; see docs/benchmarks.md and BENCHMARKS.md
 """
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..apps.bench import MODELS, BenchConfig
+    from ..apps.bench import BenchConfig
+    from ..zoo import MODELS
 
     d = BenchConfig()
     p = sub.add_parser("bench", help="benchmark: mask-transfer IoU, MNIST PCK under known perturbations, "
@@ -29,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "are missing are skipped and listed.")
     p.add_argument("--out", default="bench", help="folder for results.json and results.md")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None, help="registry models (default: all)")
+    p.add_argument("--model", nargs="+", default=[], metavar="FILE=DATA[=LABEL]",
+                   help="bench any model file on the embedded data it aligns: DATA is animals:CLASS (mask transfer "
+                        "on that class), mnist:DIGIT (PCK under perturbations) or mnist (10-cluster accuracy). "
+                        "Without --models, only these are measured (beside the baselines)")
     p.add_argument("--model-path", nargs="+", default=[], metavar="NAME=FILE",
                    help="use FILE for registry model NAME (e.g. a run's model.pt before it is copied under models/)")
     p.add_argument("--pairs", type=int, default=d.pairs, help="random same-class mask-transfer pairs per class")
@@ -62,8 +69,19 @@ def run(args: argparse.Namespace) -> int:
                       refine_steps=args.refine_steps, generators=not args.no_generators,
                       generator_samples=args.generator_samples,
                       **(dict(gan_presets=(), gangealing_presets=()) if args.no_train_speed else {}))
-    paths = dict(item.split("=", 1) for item in args.model_path)
-    res = run_bench(cfg, args.models, device=args.device, progress=not args.no_progress, paths=paths)
+    from ..zoo import parse_model_spec
+
+    paths = {}
+    for item in args.model_path:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise ValueError(f"--model-path {item!r}: expected NAME=FILE (a zoo name and a model file)")
+        paths[name] = file
+    extra = dict(parse_model_spec(spec) for spec in args.model)
+    if len(extra) < len(args.model):
+        raise ValueError("--model: two files get the same name (their folder's name); give each a distinct folder")
+    models = args.models if args.models is not None or not extra else []
+    res = run_bench(cfg, models, device=args.device, progress=not args.no_progress, paths=paths, extra=extra)
     # The command line as typed when run from a shell; in-process calls (tests) record the output folder only.
     if len(sys.argv) > 1 and sys.argv[1] == "bench":
         command = "gangealing bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])

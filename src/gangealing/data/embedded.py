@@ -26,9 +26,12 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported on use: loading data needs only numpy
+    import torch
 
 SPLITS = ("train", "test", "all")
 ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
@@ -208,3 +211,34 @@ def load_embedded(name: str, split: str = "train", classes: Optional[Sequence[Un
         images, labels = images[keep], labels[keep]
         canonical += ":" + ",".join(class_names[i] for i in idx)
     return EmbeddedData(np.ascontiguousarray(images[..., None]), labels, class_names, canonical, split, files)
+
+
+# The held-out test splits as the benchmarks and the demo use them (torch imported on use).
+
+
+def animal_test_set(name: str) -> Tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Held-out silhouettes of an embedded ``animals[:class]`` name: images ``(N, 3, 28, 28)`` in
+    [-1, 1], masks ``(N, 28, 28)`` bool (pixels >= 128) and labels ``(N,)``."""
+    import torch
+
+    from .images import to_tensor
+
+    d = load_embedded(name, "test")
+    images = to_tensor(d.images).expand(-1, 3, -1, -1).contiguous()
+    masks = torch.from_numpy(d.images[..., 0] >= 128)
+    return images, masks, d.labels
+
+
+def mnist_test_set(classes: Optional[Sequence[str]] = None) -> Tuple[torch.Tensor, np.ndarray]:
+    """MNIST test digits ``(N, 28, 28)`` uint8 (of ``classes``, default all) and their labels."""
+    import torch
+
+    d = load_embedded("mnist", "test", classes=classes)
+    return torch.from_numpy(d.images[..., 0].copy()), d.labels
+
+
+def digits_as_images(digits: torch.Tensor) -> torch.Tensor:
+    """uint8 digits ``(N, H, W)`` -> the models' input ``(N, 3, H, W)`` in [-1, 1]."""
+    from .images import to_tensor
+
+    return to_tensor(digits.numpy()[..., None]).expand(-1, 3, -1, -1)

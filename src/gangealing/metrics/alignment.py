@@ -1,0 +1,64 @@
+"""Alignment measures with real ground truth: mask IoU, clustering accuracy, PCK, random same-class pairs.
+
+Pure functions over tensors (no files, no models); ``gangealing bench`` and ``gangealing demo`` use them.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = ["mask_iou", "hungarian_accuracy", "random_pairs", "pck_at"]
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boolean masks ``(N, H, W)`` -> ``(N,)`` (1 where both are empty)."""
+    a, b = a.bool().flatten(1), b.bool().flatten(1)
+    inter = (a & b).sum(1).double()
+    union = (a | b).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+
+
+def hungarian_accuracy(pred: Union[np.ndarray, torch.Tensor], labels: Union[np.ndarray, torch.Tensor]) -> float:
+    """Clustering accuracy: the fraction of items right under the best one-to-one cluster -> label map."""
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError as e:  # scipy is optional: only this measure needs it
+        raise ImportError("the clustering accuracy needs scipy: pip install 'gangealing[bench]' (or scipy)") from e
+
+    pred, labels = np.asarray(pred).astype(np.int64), np.asarray(labels).astype(np.int64)
+    if pred.shape != labels.shape or pred.size == 0:
+        raise ValueError("pred and labels must be non-empty and of the same shape")
+    k = int(max(pred.max(), labels.max())) + 1
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (pred, labels), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    return float(counts[rows, cols].sum() / pred.size)
+
+
+def random_pairs(labels: Sequence[int], n: int, seed: int = 0) -> torch.Tensor:
+    """``(n, 2)`` ordered pairs ``(a, b)``, ``a != b``, of the same label, drawn uniformly (fixed seed)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(np.asarray(labels))
+    groups = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
+    groups = [x for x in groups if x.numel() >= 2]
+    if not groups:
+        raise ValueError("no label has two images")
+    sizes = torch.tensor([x.numel() * (x.numel() - 1) for x in groups], dtype=torch.float64)
+    which = torch.multinomial(sizes, n, replacement=True, generator=g)
+    out = torch.empty(n, 2, dtype=torch.long)
+    for i, gi in enumerate(which.tolist()):
+        idx = groups[gi]
+        a, b = torch.randperm(idx.numel(), generator=g)[:2]
+        out[i, 0], out[i, 1] = idx[a], idx[b]
+    return out
+
+
+def pck_at(est: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor, size: int, alphas: Sequence[float]) -> List[float]:
+    """PCK per alpha (threshold ``alpha * size`` px, inclusive) over visible points (:mod:`gangealing.metrics.pck`)."""
+    from .pck import pck_correct, pck_thresholds
+
+    th = pck_thresholds(alphas, (size, size))
+    correct = pck_correct(est.float(), gt.float(), visible, th)  # (N, A)
+    return (correct.sum(0) / visible.float().sum().clamp(min=1)).tolist()
