@@ -131,7 +131,7 @@ def test_help_lists_every_flag(capsys):
     with pytest.raises(SystemExit):
         main(["align", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--ckpt", "--out", "--output-resolution", "--iters", "--padding", "--flip", "--batch-size",
+    for flag in ("--ckpt", "--out", "--output-resolution", "--iters", "--padding-mode", "--flip", "--batch-size",
                  "--device", "--grids", "--average-count"):
         assert flag in text
 
@@ -183,3 +183,11 @@ def test_huge_photo_is_decoded_smaller_but_described_at_full_size(tmp_path, monk
     grid = np.load(out / row["grid"])  # identity model: output pixel (0, 0) of 16 is (3000 / 16 - 1) / 2 = 93.25 px
     np.testing.assert_allclose(grid[0, 0, 0], 93.25, atol=1.0)  # from the left of the file (46 at half size)
     assert grid[0, 0, 1] < 0 and grid[-1, -1, 1] > 2399  # the 300 px border padding above and below
+
+
+def test_padding_mode_flag_and_its_old_spelling():
+    from gangealing.cli import build_parser
+
+    for cmd in (["align", "imgs", "--ckpt", "m.pt", "--out", "o"], ["export", "m.pt", "m.onnx"]):
+        for flag in ("--padding-mode", "--padding"):
+            assert build_parser().parse_args(cmd + [flag, "zeros"]).padding_mode == "zeros"

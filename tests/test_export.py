@@ -159,7 +159,7 @@ def test_backend_auto_picks_onnxruntime_on_the_cpu():
 
     from gangealing.commands.align import load_congealer
 
-    args = argparse.Namespace(ckpt=str(model("gangealing-tiny-cat-sim")), device="cpu", iters=None, padding=None,
+    args = argparse.Namespace(ckpt=str(model("gangealing-tiny-cat-sim")), device="cpu", iters=None, padding_mode=None,
                               flip=None, input_size=None, output_resolution=None, backend="auto")
     c, _ = load_congealer(args)
     assert isinstance(c, OnnxCongealer)

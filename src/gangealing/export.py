@@ -284,7 +284,7 @@ def load_backend(args, device, backend: str) -> Optional["OnnxCongealer"]:
     ckpt = str(args.ckpt)
     on_cpu = torch.device(device).type == "cpu"
     if ckpt.lower().endswith(".onnx"):
-        fixed = [flag for flag, name in (("--iters", "iters"), ("--padding", "padding"), ("--flip", "flip"),
+        fixed = [flag for flag, name in (("--iters", "iters"), ("--padding-mode", "padding_mode"), ("--flip", "flip"),
                                          ("--input-size", "input_size")) if getattr(args, name, None) is not None]
         if fixed:
             raise ValueError(f"{ckpt} is an ONNX export whose settings were fixed by gangealing export; drop "
@@ -297,7 +297,7 @@ def load_backend(args, device, backend: str) -> Optional["OnnxCongealer"]:
             raise ValueError(f"--backend onnx runs on the CPU; drop --device {device} (or use --backend torch)")
         import_onnxruntime()
         c = OnnxCongealer.from_congealer(Congealer.from_checkpoint(
-            ckpt, device="cpu", iters=args.iters, padding_mode=args.padding, flip=args.flip,
+            ckpt, device="cpu", iters=args.iters, padding_mode=args.padding_mode, flip=args.flip,
             input_size=args.input_size))
     if getattr(args, "output_resolution", None) is not None:
         c.output_resolution = int(args.output_resolution)

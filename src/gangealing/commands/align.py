@@ -21,10 +21,13 @@ outputs (see docs/align.md):
 
 
 def add_test_settings(p: argparse.ArgumentParser, input_size_default: str = "the size the model was trained at") -> None:
-    """The transformer's test-time settings: --iters, --padding, --flip, --input-size (also `gangealing export`'s)."""
+    """The transformer's test-time settings: --iters, --padding-mode, --flip, --input-size (also `gangealing export`'s)."""
+    from ..geometry.warp import PADDING_MODES
+
     p.add_argument("--iters", type=positive_int, default=None,
                    help="similarity passes (default: the checkpoint's test setting, else 1)")
-    p.add_argument("--padding", choices=("border", "reflection", "zeros"), default=None,
+    # --padding-mode, as `train` spells it; --padding (the earlier spelling) stays an alias.
+    p.add_argument("--padding-mode", "--padding", dest="padding_mode", choices=PADDING_MODES, default=None,
                    help="how pixels outside the image are filled (default: the checkpoint's setting, else border)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="flip inference: align each image or its mirror, whichever has the smoother flow "
@@ -69,7 +72,7 @@ def load_congealer(args: argparse.Namespace):
         congealer = load_backend(args, device, backend)
         if congealer is not None:
             return congealer, dist
-    congealer = Congealer.from_checkpoint(args.ckpt, device=device, iters=args.iters, padding_mode=args.padding,
+    congealer = Congealer.from_checkpoint(args.ckpt, device=device, iters=args.iters, padding_mode=args.padding_mode,
                                           flip=args.flip, output_resolution=getattr(args, "output_resolution", None),
                                           input_size=args.input_size)
     return congealer, dist

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         from ..data.edits import read_edit
 
         edit = read_edit(args.edit)
-    congealer = Congealer.from_checkpoint(args.model, device="cpu", iters=args.iters, padding_mode=args.padding,
+    congealer = Congealer.from_checkpoint(args.model, device="cpu", iters=args.iters, padding_mode=args.padding_mode,
                                           flip=args.flip, input_size=args.input_size)
     summary = export_onnx(congealer, args.out, edit=edit, source=str(args.model))
     extra = f", {summary.edit}" if summary.edit else ""
