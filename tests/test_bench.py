@@ -201,3 +201,21 @@ def test_refine_and_gradient_congealing_rows():
     assert by["gradient congealing + per-image 8x8 flow (set-level)"]["iou"] > by["gradient congealing (similarity)"]["iou"]
     r = by["refine from nothing (set-level: fitted on these images)"]
     assert 0 <= r["iou"] <= 1 and r["steps"] == 2 and r["fit_images"] == 100
+
+
+@pytest.mark.slow
+def test_inductive_rows_refine_each_single_cluster_model_on_the_train_split(tmp_path):
+    from gangealing.predictor import Congealer
+    from gangealing.zoo import ModelEntry
+    from helpers import tiny_checkpoint
+
+    c = Congealer.from_checkpoint(tiny_checkpoint(tmp_path / "m.pt", size=16), device="cpu")
+    entries = {"m": ModelEntry(str(tmp_path / "m.pt"), "animals", ("dog",), "M")}
+    cfg = B.BenchConfig(pairs=10, refine_steps=1, classic=False, inductive_classes=("dog",))
+    rows = B._mask_rows("dog", cfg, {"m": c}, entries, lambda: None)
+    by = {r["method"]: r for r in rows}
+    assert {"refine from nothing (inductive: fitted on the train split)", "M + refine (inductive: train split)",
+            "M + refine (set-level)", "M"} <= set(by)
+    assert by["M + refine (inductive: train split)"]["model"] == "m"
+    assert by["M + refine (inductive: train split)"]["fit_images"] == 900  # the train split, not the 100 test images
+    assert by["M + refine (set-level)"]["fit_images"] == 100

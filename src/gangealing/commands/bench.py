@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-classic", action="store_true", help="skip the congealing baselines (classic and gradient)")
     p.add_argument("--no-refine", action="store_true",
                    help="skip the refine rows (a transformer fitted per class and per model: minutes on 2 cores)")
+    p.add_argument("--inductive-classes", nargs="*", default=list(d.inductive_classes),
+                   help="classes whose refine rows are also fitted on the train split (inductive: never on the test "
+                        "images); none to skip")
     p.add_argument("--refine-steps", type=int, default=d.refine_steps, help="objective steps of each refine row")
     p.add_argument("--no-train-speed", action="store_true",
                    help="skip the training-throughput measures (a few timed steps per preset, about a minute on 2 cores)")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(pairs=args.pairs, animal_classes=tuple(args.classes), mnist_digits=args.digits, canvas=args.canvas,
                       cluster_images=args.cluster_images, throughput_images=args.throughput_images,
                       classic=not args.no_classic, seed=args.seed, refine=not args.no_refine,
-                      refine_steps=args.refine_steps, generators=not args.no_generators,
+                      refine_steps=args.refine_steps, inductive_classes=tuple(args.inductive_classes), generators=not args.no_generators,
                       generator_samples=args.generator_samples,
                       **(dict(gan_presets=(), gangealing_presets=()) if args.no_train_speed else {}))
     from ..zoo import parse_model_spec
