@@ -1,6 +1,6 @@
 """`gangealing demo`: what GANgealing does, on the committed models and held-out real images, as one HTML report.
 
-For every committed animal model (:data:`gangealing.zoo.MODELS`) the report shows, on the
+For every committed cat model (:data:`gangealing.zoo.MODELS`) the report shows, on the
 ``animals`` test split (never seen in training): the inputs, the congealed images, the average
 before and after alignment, an edit drawn once on the average congealed image and carried to every
 image (:meth:`gangealing.predictor.Congealer.propagate`), dense correspondences drawn as colours
@@ -224,7 +224,9 @@ def run_demo(out: Union[str, Path] = "gangealing-demo", *, num_images: int = 24,
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = [n for n in (models or MODELS) if MODELS[n].dataset == "animals" and not MODELS[n].ablation]
+    # The report shows cats: the cat models (not the ablation); other classes' models are benched, not shown.
+    names = [n for n in (models or MODELS) if MODELS[n].dataset == "animals" and "cat" in MODELS[n].classes
+             and not MODELS[n].ablation]
     found, missing = available_models(names, root)
     found_digits, missing_digits = available_models([n for n in (models or MODELS) if MODELS[n].dataset == "mnist"], root)
     missing = missing + missing_digits
