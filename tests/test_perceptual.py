@@ -296,6 +296,17 @@ def test_pixel_losses():
         build_perceptual_loss("alexnet")
 
 
+
+def test_multiscale_pixel_losses_average_a_pyramid():
+    x, y = images(2, seed=13), images(2, seed=14)
+    levels = [(x, y), (F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)), (F.avg_pool2d(x, 4), F.avg_pool2d(y, 4))]
+    want = sum(((a - b) ** 2).mean(dim=(1, 2, 3)) for a, b in levels) / 3
+    torch.testing.assert_close(build_perceptual_loss("l2-ms")(x, y), want)
+    want1 = sum((a - b).abs().mean(dim=(1, 2, 3)) for a, b in levels) / 3
+    torch.testing.assert_close(build_perceptual_loss("l1-ms")(x, y), want1)
+    with pytest.raises(ValueError, match="at least 4 px"):
+        build_perceptual_loss("l2-ms")(x[..., :2, :2], y[..., :2, :2])
+
 # ---------------------------------------------------------------------------------------------
 # Weight resolution
 

@@ -29,7 +29,10 @@ Names (see :func:`build_perceptual_loss`):
   real photo it gives 0.09 / 0.15 / 0.22 / 0.29 for 1 / 2 / 4 / 8 px shifts, ~0.4 between unrelated
   crops and 0.05 for the same scene under other lighting (plain L2 ranks that last pair as the most
   distant), i.e. the LPIPS range that the original's loss weights were tuned for.
-* ``l1`` / ``l2``: per-image mean absolute / squared pixel difference.
+* ``l1`` / ``l2``: per-image mean absolute / squared pixel difference. ``l1-ms`` / ``l2-ms``: the
+  same, averaged over a 3-level pyramid (full, 1/2, 1/4 resolution; :class:`PixelDistance`). For
+  flat, shape-only data (silhouettes, digits) pixel distances train better transformers than the
+  ImageNet features here: the loss study in docs/train.md.
 
 Weight files are found, in order: an explicit path argument; an environment variable
 (:data:`ENV_VARS`); torch.hub's checkpoint cache ``torch.hub.get_dir()/checkpoints/<file>``; a copy
@@ -47,6 +50,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gangealing.models.perceptual import (
@@ -238,19 +242,35 @@ class PerceptualDistance(nn.Module):
 
 
 class PixelDistance(nn.Module):
-    """Per-image mean absolute (p=1) or squared (p=2) pixel difference."""
+    """Per-image mean absolute (p=1) or squared (p=2) pixel difference, optionally multi-scale.
 
-    def __init__(self, p: int = 2):
+    With ``scales > 1`` the distance is the mean over a pyramid: the images, then 2x2 average-pooled
+    ``scales - 1`` times (each level weighs the same): the coarse levels weigh a shape's overall
+    layout against thin details (a tail, a stroke) that full-resolution pixels weigh alone.
+    """
+
+    def __init__(self, p: int = 2, scales: int = 1):
         super().__init__()
         if p not in (1, 2):
             raise ValueError(f"p must be 1 or 2, got {p}")
-        self.p = p
+        if scales < 1:
+            raise ValueError(f"scales must be >= 1, got {scales}")
+        self.p, self.scales = p, scales
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Distances (N,) between x and y of shape (N, ...)."""
+    def _level(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         diff = x - y  # (N, C, H, W)
         diff = diff.abs() if self.p == 1 else diff.square()
         return diff.flatten(1).mean(1)  # (N,)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Distances (N,) between x and y of shape (N, C, H, W) (any shape when ``scales == 1``)."""
+        total = self._level(x, y)
+        for _ in range(self.scales - 1):
+            if min(x.shape[-2:]) < 2:
+                raise ValueError(f"{self.scales} scales need images of at least {2 ** (self.scales - 1)} px")
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+            total = total + self._level(x, y)
+        return total / self.scales
 
 
 def _load_backbone(backbone: nn.Module, source: WeightSource, weights: WeightsArg) -> nn.Module:
@@ -279,11 +299,11 @@ def _build_mobilenet(weights: WeightsArg, heads: WeightsArg, channels_last: bool
                               channels_last=channels_last)
 
 
-def _build_pixel(p: int) -> Callable[[WeightsArg, WeightsArg, bool], nn.Module]:
+def _build_pixel(p: int, scales: int = 1) -> Callable[[WeightsArg, WeightsArg, bool], nn.Module]:
     def build(weights: WeightsArg, heads: WeightsArg, channels_last: bool) -> nn.Module:
         if weights is not None or heads is not None:
             raise ValueError(f"the l{p} pixel loss takes no weights")
-        return PixelDistance(p)
+        return PixelDistance(p, scales)
     return build
 
 
@@ -298,6 +318,8 @@ _BUILDERS: Dict[str, Callable[[WeightsArg, WeightsArg, bool], nn.Module]] = {
     "mobilenet": _build_mobilenet,
     "l1": _build_pixel(1),
     "l2": _build_pixel(2),
+    "l1-ms": _build_pixel(1, 3),
+    "l2-ms": _build_pixel(2, 3),
 }
 # The original's --loss_fn spellings and a few obvious variants.
 _ALIASES: Dict[str, str] = {"lpips": "lpips-vgg", "vgg_ssl": "vgg-ssl", "mobilenet-v2": "mobilenet",

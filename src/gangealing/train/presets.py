@@ -61,7 +61,7 @@ class GANgealingTrainConfig(ConfigBase):
     target: TargetConfig = setting(doc="the congealing target", default_factory=TargetConfig)
     # -- objective
     flips: bool = setting(False, "let the mirrored sample compete in the min over clusters (clustering variant)")
-    loss: str = setting("lpips-vgg", "perceptual loss: lpips-vgg, vgg-ssl, mobilenet (offline), l1, l2")
+    loss: str = setting("lpips-vgg", "perceptual loss: lpips-vgg, vgg-ssl, mobilenet (offline), l1, l2, l1-ms, l2-ms (3-level pyramids)")
     tv_weight: float = setting(1000.0, "weight of the Huber total-variation loss on the residual flow")
     identity_weight: float = setting(1.0, "weight of the L2 identity loss on the residual flow")
     freeze_target: bool = setting(False, "keep the target c at its initialisation")
