@@ -75,3 +75,20 @@ def test_bench_model_errors_are_one_line(tmp_path, capsys):
     assert "unknown animal class 'unicorn'" in err and "Traceback" not in err
     assert main(["bench", "--out", str(tmp_path / "b"), "--model-path", "gangealing-tiny-cat", "--no-progress"]) != 0
     assert "expected NAME=FILE" in capsys.readouterr().err
+
+
+def test_zoo_names_work_wherever_a_checkpoint_is_asked_for(tmp_path, monkeypatch):
+    from gangealing.checkpoint import CheckpointError
+    from gangealing.predictor import Congealer
+
+    f = tmp_path / "models" / "gangealing-tiny-cat" / "model.pt"
+    f.parent.mkdir(parents=True)
+    tiny_checkpoint(f, size=16)
+    monkeypatch.setenv(zoo.MODELS_ENV, str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert Congealer.from_checkpoint("gangealing-tiny-cat").flow_size == 16
+    monkeypatch.setenv(zoo.MODELS_ENV, str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(tmp_path / "models")
+    monkeypatch.setattr(zoo, "model_roots", lambda: [tmp_path / "elsewhere"])  # not a checkout either
+    with pytest.raises(CheckpointError, match="set GANGEALING_MODELS"):
+        Congealer.from_checkpoint("gangealing-tiny-cat")

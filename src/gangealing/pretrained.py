@@ -127,16 +127,29 @@ def load_pretrained(name: str) -> Checkpoint:
 
 
 def resolve_checkpoint(source: Union[str, os.PathLike, Checkpoint]) -> Checkpoint:
-    """Any checkpoint source -> :class:`Checkpoint`: a Checkpoint, a released name, or a file in any
-    format :func:`gangealing.io.import_checkpoint` reads (ours, original GANgealing, ...)."""
+    """Any checkpoint source -> :class:`Checkpoint`: a Checkpoint, a released name (the original's),
+    a zoo name (this project's committed models, :mod:`gangealing.zoo`), or a file in any format
+    :func:`gangealing.io.import_checkpoint` reads (ours, original GANgealing, ...)."""
     if isinstance(source, Checkpoint):
         return source
     if is_pretrained_name(source):
         return load_pretrained(source)
     path = Path(source)
+    if not path.is_file() and isinstance(source, str):
+        from .zoo import GENERATORS, MODELS, MODELS_ENV, resolve_model_file
+
+        # This project's committed models by name ("gangealing-cat"), found the way `bench` finds them.
+        entry = MODELS.get(source) or GENERATORS.get(source)
+        if entry is not None:
+            found = resolve_model_file(entry.path)
+            if found is None:
+                raise CheckpointError(f"{source}: a model of this project's zoo, but {entry.path} is not here; run "
+                                      f"from a clone of the repository or set {MODELS_ENV} to the folder that "
+                                      "holds models/")
+            path = found
     if not path.exists():
         raise CheckpointError(f"{source}: no such checkpoint file, and not a released model name "
-                              f"({', '.join(sorted(PRETRAINED))})")
+                              f"({', '.join(sorted(PRETRAINED))}) nor a zoo model name (gangealing.zoo)")
     from .io import import_checkpoint
 
     ckpt, _ = import_checkpoint(path)
