@@ -24,8 +24,8 @@ def tiny_checkpoint(path, size=16, translate=0.0, heads=1, max_channels=16):
     torch.manual_seed(0)
     stn = build("stn", STNConfig(flow_size=size, input_size=size, channel_multiplier=0.125, max_channels=max_channels,
                                  num_heads=heads))
-    with torch.no_grad():
-        for head in stn.stns[:1]:
-            head.warp_head.linear.bias[2] = translate  # raw tx of the similarity (normalised units)
+    if translate:
+        with torch.no_grad():
+            stn.stns[0].warp_head.linear.bias[2] = translate  # raw tx of the similarity (normalised units)
     save_checkpoint(make_checkpoint("model", {"stn": stn}), path)
     return str(path)

@@ -6,19 +6,14 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from gangealing.build import build, make_checkpoint
-from gangealing.checkpoint import save_checkpoint
 from gangealing.cli import main
-from gangealing.config import STNConfig
+import helpers
 
 
 def tiny_checkpoint(path, heads=1):
-    torch.manual_seed(0)
-    stn = build("stn", STNConfig(flow_size=16, input_size=16, channel_multiplier=0.125, max_channels=8, num_heads=heads))
-    return save_checkpoint(make_checkpoint("model", {"stn": stn}), path)
+    return helpers.tiny_checkpoint(path, heads=heads, max_channels=8)
 
 
 def snapshot(folder):

@@ -1,6 +1,7 @@
 """Failure paths of the CLI: one `error:` line and a non-zero status, never a traceback (issue 12)."""
 import errno
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,12 +9,12 @@ import torch
 from PIL import Image
 
 from gangealing.cli import main
-from test_app_align import tiny_checkpoint
+from helpers import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "m.pt")
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "m.pt", max_channels=8)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_outputs_under_dev_null_are_refused_in_one_line(ckpt, photos, capsys, ar
 def test_files_that_are_not_checkpoints(photos, tmp_path, capsys, content, words):
     path = tmp_path / "m.pt"
     if content == "truncated":
-        data = tiny_checkpoint(tmp_path / "full.pt").read_bytes()
+        data = Path(tiny_checkpoint(tmp_path / "full.pt", max_channels=8)).read_bytes()
         content = data[: len(data) // 2]
     elif content == "png":
         content = (photos / "a.png").read_bytes()
