@@ -4,20 +4,34 @@ from pathlib import Path
 import pytest
 import torch
 
+from gangealing.build import make_checkpoint
+from gangealing.checkpoint import save_checkpoint
+from helpers import PARITY_FIXTURES, tiny_generator, unpack_parity
+
 # One thread: deterministic floating point and no contention on shared 2-core machines.
 torch.set_num_threads(1)
 
-PARITY = Path(os.environ.get("GANGEALING_PARITY", Path(__file__).resolve().parents[1].parent / "shared" / "parity"))
+# The original's recorded numbers: the repository's packed copy (tests/fixtures/parity), unpacked once
+# per session, or an upstream-layout folder named by GANGEALING_PARITY. Missing fixtures fail.
+PARITY_ENV = os.environ.get("GANGEALING_PARITY")
 
 
 @pytest.fixture(scope="session")
-def parity_dir() -> Path:
-    if not PARITY.is_dir():
-        message = f"parity fixtures not found at {PARITY} (set GANGEALING_PARITY)"
-        if os.environ.get("CI"):  # CI has ../shared/parity beside the clone: a missing fixture is a failure there
-            pytest.fail(message)
-        pytest.skip(message)
-    return PARITY
+def parity_dir(tmp_path_factory) -> Path:
+    if PARITY_ENV:
+        if not Path(PARITY_ENV).is_dir():
+            pytest.fail(f"GANGEALING_PARITY={PARITY_ENV}: no such folder")
+        return Path(PARITY_ENV)
+    if not PARITY_FIXTURES.is_dir():
+        pytest.fail(f"parity fixtures not found at {PARITY_FIXTURES}")
+    return unpack_parity(PARITY_FIXTURES, tmp_path_factory.mktemp("parity"))
+
+
+@pytest.fixture
+def gen_file(tmp_path):
+    """A tiny random generator saved as a generator checkpoint (helpers.tiny_generator)."""
+    return save_checkpoint(make_checkpoint("generator", {"generator": tiny_generator()}), tmp_path / "g.pt")
+
 
 try:  # Property tests draw the same examples on every run: CI failures reproduce locally.
     from hypothesis import settings

@@ -19,8 +19,7 @@ from gangealing.cli import main
 from gangealing.config import STNConfig
 from gangealing.data.keypoints import load_keypoint_dataset
 from gangealing.predictor import Congealer
-from test_data_cub import make_fake_cub
-from test_data_spair import make_fake_spair
+from helpers import make_fake_cub, make_fake_spair
 
 TINY = dict(flow_size=32, input_size=32, channel_multiplier=0.125, max_channels=32)
 

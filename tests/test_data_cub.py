@@ -17,52 +17,7 @@ from gangealing.data.cub import (
     read_cub_split,
 )
 from gangealing.data.keypoints import load_keypoint_dataset, random_pairs
-
-W, H = 60, 50
-NAMES = [f"001.Fake_Bird/Fake_Bird_000{i}_{i}.jpg" for i in range(1, 6)]
-# Every image: the same tight box and key points, so an identity model transfers them exactly.
-BOX_1BASED = (11.0, 21.0, 50.0, 40.0)  # x1 y1 x2 y2
-PART_XY = [(12 + 2 * k, 22 + k) for k in range(15)]  # 1-based
-HIDDEN = {4: [13, 14]}  # image id -> 0-based parts not visible
-
-
-def write_acsm_mat(path, entries):
-    """A MATLAB v5 file shaped like ACSM's val_cub_cleaned.mat: struct array `images` (1, N) with id, rel_path, bbox."""
-    sio = pytest.importorskip("scipy.io", reason="writing the ACSM .mat needs scipy (pip install scipy)")
-    box_t = [("x1", "O"), ("y1", "O"), ("x2", "O"), ("y2", "O")]
-    arr = np.zeros((1, len(entries)), dtype=[("id", "O"), ("rel_path", "O"), ("train", "O"), ("bbox", "O")])
-    for j, (image_id, rel, box) in enumerate(entries):
-        b = np.zeros((1, 1), dtype=box_t)
-        for k, v in zip("x1 y1 x2 y2".split(), box):
-            b[0, 0][k] = np.array([[v]])
-        arr[0, j]["id"] = np.array([[image_id]], dtype=np.uint16)
-        arr[0, j]["rel_path"] = np.array([rel])
-        arr[0, j]["train"] = np.array([[0]], dtype=np.uint8)
-        arr[0, j]["bbox"] = b
-    sio.savemat(str(path), {"images": arr})
-
-
-def make_fake_cub(tmp_path, with_mat=True):
-    root = tmp_path / "CUB_200_2011"
-    (root / "parts").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for n in NAMES:
-        p = root / "images" / n
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(p, quality=95)
-    (root / "images.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(NAMES, 1)))
-    (root / "parts" / "parts.txt").write_text("".join(f"{k} {n}\n" for k, n in enumerate(CUB_PART_NAMES, 1)))
-    lines = []
-    for i in range(1, len(NAMES) + 1):
-        for k, (x, y) in enumerate(PART_XY):
-            hidden = k in HIDDEN.get(i, [])
-            lines.append(f"{i} {k + 1} {0.0 if hidden else float(x)} {0.0 if hidden else float(y)} {0 if hidden else 1}\n")
-    (root / "parts" / "part_locs.txt").write_text("".join(lines))
-    (root / "bounding_boxes.txt").write_text("".join(f"{i} 10.0 20.0 40.0 20.0\n" for i in range(1, 6)))
-    (root / "train_test_split.txt").write_text("".join(f"{i} {int(i <= 2)}\n" for i in range(1, 6)))
-    if with_mat:  # ACSM keeps images 2..5, in this order
-        write_acsm_mat(tmp_path / "val_cub_cleaned.mat", [(i, NAMES[i - 1], BOX_1BASED) for i in (2, 3, 4, 5)])
-    return root
+from helpers import CUB_BOX_1BASED, CUB_NAMES, CUB_PART_XY, make_fake_cub
 
 
 def test_acsm_box_and_crop_by_hand():
@@ -90,11 +45,11 @@ def test_readers(tmp_path):
     assert kps[1][0].tolist() == [11.0, 21.0, 1.0]  # 1-based file -> 0-based
     assert kps[4][13].tolist() == [0.0, 0.0, 0.0]
     split = read_acsm_split(tmp_path / "val_cub_cleaned.mat")
-    assert [(i, r) for i, r, _ in split] == [(i, NAMES[i - 1]) for i in (2, 3, 4, 5)]
-    assert split[0][2] == BOX_1BASED
+    assert [(i, r) for i, r, _ in split] == [(i, CUB_NAMES[i - 1]) for i in (2, 3, 4, 5)]
+    assert split[0][2] == CUB_BOX_1BASED
     imgs = read_cub_split(root, "acsm_val", tmp_path / "val_cub_cleaned.mat")
     assert [im.image_id for im in imgs] == [2, 3, 4, 5]
-    assert imgs[0].box == acsm_square_box(tuple(v - 1 for v in BOX_1BASED)) == (8, 8, 51, 51)
+    assert imgs[0].box == acsm_square_box(tuple(v - 1 for v in CUB_BOX_1BASED)) == (8, 8, 51, 51)
     assert [im.image_id for im in read_cub_split(root, "train")] == [1, 2]
     assert [im.image_id for im in read_cub_split(root, "test")] == [3, 4, 5]
     with pytest.raises(ValueError, match="val_cub_cleaned.mat"):
@@ -107,10 +62,10 @@ def test_mat_file_reads_with_the_original_access_pattern(tmp_path):
     sio = pytest.importorskip("scipy.io")
     make_fake_cub(tmp_path)
     mat = sio.loadmat(str(tmp_path / "val_cub_cleaned.mat"))
-    assert [f[0] for f in mat["images"]["rel_path"][0]] == NAMES[1:]
+    assert [f[0] for f in mat["images"]["rel_path"][0]] == CUB_NAMES[1:]
     assert [i[0, 0] - 1 for i in mat["images"]["id"][0]] == [1, 2, 3, 4]
     x1, y1, x2, y2 = mat["images"]["bbox"][0][0][0, 0]
-    assert (x1[0, 0], y1[0, 0], x2[0, 0], y2[0, 0]) == BOX_1BASED
+    assert (x1[0, 0], y1[0, 0], x2[0, 0], y2[0, 0]) == CUB_BOX_1BASED
 
 
 @pytest.mark.parametrize("archive", [False, True])
@@ -129,12 +84,12 @@ def test_prepare_cub(tmp_path, archive):
                                                 "threshold": "image"}
     assert ds.permutation == CUB_PERMUTATION and ds.meta["image_ids"] == [2, 3, 4, 5]
     # Crop box (8, 8, 51, 51) of side 44 at size 44: key point x (1-based) -> x - 1 - 8.
-    expect = np.array([[x - 9.0, y - 9.0] for x, y in PART_XY])
+    expect = np.array([[x - 9.0, y - 9.0] for x, y in CUB_PART_XY])
     np.testing.assert_allclose(ds.keypoints[0, :, :2].numpy(), expect, atol=1e-6)
     np.testing.assert_allclose(ds.keypoints_legacy[0, :, :2].numpy(), expect, atol=1e-6)
     assert ds.keypoints[2, 13].tolist() == [0.0, 0.0, 0.0]  # image 4 hides parts 13, 14
     # The crop (44 x 44 inside the 60 x 50 image, rows 8..51: the last 2 replicated) at size 44 is a copy.
-    raw = np.asarray(Image.open(tmp_path / "src" / "CUB_200_2011" / "images" / NAMES[1]).convert("RGB"))
+    raw = np.asarray(Image.open(tmp_path / "src" / "CUB_200_2011" / "images" / CUB_NAMES[1]).convert("RGB"))
     np.testing.assert_array_equal(ds.images.images[0].transpose(1, 2, 0)[:42], raw[8:50, 8:52])
     np.testing.assert_array_equal(ds.images.images[0].transpose(1, 2, 0)[43], raw[49, 8:52])
 

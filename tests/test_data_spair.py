@@ -1,86 +1,25 @@
 """SPair-71K reader and `gangealing prepare spair` on a fake SPair-71k built in the release's layout."""
-import json
 import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from gangealing.apps.prepare import prepare_spair
 from gangealing.cli import main
 from gangealing.data.dataset import load_prepared
 from gangealing.data.keypoints import load_keypoint_dataset
 from gangealing.data.spair import SPAIR_PERMUTATIONS, find_spair_root, read_spair_pairs
-
-K = 15  # cat: the published permutation has 15 entries
-BASE = np.array([[4 + 2 * k, 6 + (k % 5) * 3] for k in range(K)], dtype=np.float64)  # in a 40x30 image
-# Target offsets along x (original pixels): 5 exact, 4 by 1 px, 3 by 3 px, 3 by 5 px.
-OFFSETS = np.array([0.0] * 5 + [1.0] * 4 + [3.0] * 3 + [5.0] * 3)
-
-
-def _jpeg(path, w, h, seed):
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=95)
-
-
-def _pair(root, split, idx, category, src, trg, src_kps, trg_kps, ids, sizes, boxes):
-    name = f"{idx:06d}-{src}-{trg}:{category}"
-    d = {
-        "filename": f"{name}.json", "src_imname": f"{src}.jpg", "trg_imname": f"{trg}.jpg",
-        "src_imsize": list(sizes[0]) + [3], "trg_imsize": list(sizes[1]) + [3],
-        "src_bndbox": boxes[0], "trg_bndbox": boxes[1], "category": category,
-        "src_pose": "Frontal", "trg_pose": "Left", "src_kps": np.asarray(src_kps).tolist(),
-        "trg_kps": np.asarray(trg_kps).tolist(), "kps_ids": [str(i) for i in ids], "mirror": 0,
-        "viewpoint_variation": 1, "scale_variation": 0, "truncation": 0, "occlusion": 0,
-    }
-    p = root / "PairAnnotation" / split / f"{name}.json"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(d))
-    lay = root / "Layout" / "large" / f"{split}.txt"
-    lay.parent.mkdir(parents=True, exist_ok=True)
-    with open(lay, "a") as f:
-        f.write(name + "\n")
-
-
-def make_fake_spair(tmp_path):
-    """SPair-71k/ with 3 cat images (40x30, 40x30, 30x40), 3 test pairs, 1 trn pair and a dog pair."""
-    root = tmp_path / "SPair-71k"
-    sizes = {"a": (40, 30), "b": (40, 30), "c": (30, 40)}
-    for i, (n, (w, h)) in enumerate(sizes.items()):
-        _jpeg(root / "JPEGImages" / "cat" / f"2010_00000{i}_{n}.jpg", w, h, i)
-        anno = {"filename": f"2010_00000{i}_{n}.jpg", "image_width": w, "image_height": h, "category": "cat",
-                "bndbox": [0, 0, w - 1, h - 1], "kps": {str(k): None for k in range(K)}}
-        p = root / "ImageAnnotation" / "cat" / f"2010_00000{i}_{n}.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(anno))
-    _jpeg(root / "JPEGImages" / "dog" / "2011_000001.jpg", 20, 20, 9)
-    a, b, c = (f"2010_00000{i}_{n}" for i, n in enumerate("abc"))
-    ids = list(range(K))
-    box = [0, 0, 39, 29]
-    # 1: a -> a, identical key points.  2: a -> b, target = source + OFFSETS in x.
-    _pair(root, "test", 1, "cat", a, a, BASE, BASE, ids, (sizes["a"], sizes["a"]), (box, box))
-    _pair(root, "test", 2, "cat", a, b, BASE, BASE + np.stack([OFFSETS, 0 * OFFSETS], 1), ids,
-          (sizes["a"], sizes["b"]), (box, box))
-    # 3: b -> c with only 4 key points annotated in both (ids 0, 3, 7, 14).
-    sub = [0, 3, 7, 14]
-    _pair(root, "test", 3, "cat", b, c, BASE[sub], BASE[sub][:, ::-1], sub, (sizes["b"], sizes["c"]),
-          (box, [2, 3, 20, 35]))
-    _pair(root, "trn", 4, "cat", c, a, BASE[:2], BASE[:2], [0, 1], (sizes["c"], sizes["a"]), ([0, 0, 29, 39], box))
-    _pair(root, "test", 5, "dog", "2011_000001", "2011_000001", [[1, 1]], [[2, 2]], [0], ((20, 20), (20, 20)),
-          ([0, 0, 19, 19], [0, 0, 19, 19]))
-    return root
-
+from helpers import SPAIR_BASE, SPAIR_K, make_fake_spair
 
 def test_reader_follows_the_layout(tmp_path):
     root = make_fake_spair(tmp_path)
     assert find_spair_root(tmp_path) == root
     s = read_spair_pairs(tmp_path, "cat", "test")
     assert [p.name.split("-")[0] for p in s.pairs] == ["000001", "000002", "000003"]  # file-name order, cat only
-    assert s.permutation == SPAIR_PERMUTATIONS["cat"] and s.keypoint_ids == tuple(range(K))
+    assert s.permutation == SPAIR_PERMUTATIONS["cat"] and s.keypoint_ids == tuple(range(SPAIR_K))
     p3 = s.pairs[2]
     assert p3.source.keypoints[:, 2].nonzero()[0].tolist() == [0, 3, 7, 14]
-    np.testing.assert_array_equal(p3.target.keypoints[3, :2], BASE[3, ::-1])
+    np.testing.assert_array_equal(p3.target.keypoints[3, :2], SPAIR_BASE[3, ::-1])
     assert p3.target.bbox_size == 32.0  # max(35 - 3, 20 - 2)
     assert (p3.target.width, p3.target.height) == (30, 40)
     trn = read_spair_pairs(tmp_path, "cat", "trn", permutation=[1, 0])
@@ -108,14 +47,14 @@ def test_prepare_spair_folder(tmp_path):
     assert ds.permutation == SPAIR_PERMUTATIONS["cat"]
     assert ds.sample_image.tolist() == [0, 0, 0, 1, 1, 2]  # images stored once, sorted by name
     # 40x30 -> 32x24 border-padded by 4 rows on top: scale 0.8 per axis, pixel-centre mapping.
-    expect = (BASE + 0.5) * 0.8 - 0.5 + np.array([0.0, 4.0])
+    expect = (SPAIR_BASE + 0.5) * 0.8 - 0.5 + np.array([0.0, 4.0])
     np.testing.assert_allclose(ds.keypoints[0, :, :2].numpy(), expect, atol=1e-5)
     # The original's mapping: x * 32 / 40 + offset.
-    np.testing.assert_allclose(ds.keypoints_legacy[0, :, :2].numpy(), BASE * 0.8 + np.array([0.0, 4.0]), atol=1e-5)
+    np.testing.assert_allclose(ds.keypoints_legacy[0, :, :2].numpy(), SPAIR_BASE * 0.8 + np.array([0.0, 4.0]), atol=1e-5)
     assert ds.keypoints[4, :, 2].nonzero().view(-1).tolist() == [0, 3, 7, 14]
     assert ds.keypoints[4, 1].tolist() == [0.0, 0.0, 0.0]  # invisible rows are zero
     # 30x40 (portrait) -> 24x32 padded by 4 columns.
-    np.testing.assert_allclose(ds.keypoints_legacy[5, 3, :2].numpy(), BASE[3, ::-1] * 0.8 + np.array([4.0, 0.0]), atol=1e-5)
+    np.testing.assert_allclose(ds.keypoints_legacy[5, 3, :2].numpy(), SPAIR_BASE[3, ::-1] * 0.8 + np.array([4.0, 0.0]), atol=1e-5)
     assert ds.bbox_size.tolist() == [39.0] * 5 + [32.0]
     np.testing.assert_allclose(ds.scale.numpy(), [0.8] * 6)
     # Border padding repeats edge rows.

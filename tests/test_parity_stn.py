@@ -1,5 +1,5 @@
 """Parity of the spatial transformer and the mipmap sampler with the original's recorded outputs
-(/work/shared/parity/stn, see its README.md)."""
+(tests/fixtures/parity/stn, see its README.md)."""
 import pytest
 import torch
 

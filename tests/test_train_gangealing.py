@@ -4,8 +4,7 @@ import json
 import pytest
 import torch
 
-from gangealing.build import build, load_model, make_checkpoint
-from gangealing.checkpoint import save_checkpoint
+from gangealing.build import build, load_model
 from gangealing.cli import main
 from gangealing.config import GeneratorConfig
 from gangealing.losses.perceptual import PixelDistance
@@ -13,25 +12,7 @@ from gangealing.train.gangealing import GANgealingTrainer, load_generator
 from gangealing.train.objective import congealing_step
 from gangealing.train.presets import PRESETS, get_preset
 from gangealing.train.runtime import read_metrics
-
-
-def tiny_generator(seed=0):
-    torch.manual_seed(seed)
-    return build("generator", GeneratorConfig(size=16, style_dim=32, n_mlp=2, max_channels=16)).eval()
-
-
-def tiny_cfg(**kw):
-    base = dict(flow_size=16, input_size=16, stn_max_channels=16, micro_batch=4, batch=8, iters=6, anneal_psi=2,
-                period=2, pca_samples=500, kmeans_candidates=40, log_every=1, vis_every=1000, ckpt_every=1000,
-                n_sample=4, n_mean=8, inject=3)
-    base.update(kw)
-    return get_preset("tiny", **base)
-
-
-@pytest.fixture
-def gen_file(tmp_path):
-    g = tiny_generator()
-    return save_checkpoint(make_checkpoint("generator", {"generator": g}), tmp_path / "g.pt")
+from helpers import tiny_cfg, tiny_generator
 
 
 def test_identity_init_gives_the_input_exactly(tmp_path):

@@ -21,7 +21,7 @@ from gangealing.train.classifier import ClassifierTrainer, train_classifier
 from gangealing.train.gangealing import GANgealingTrainer
 from gangealing.train.presets import ClassifierTrainConfig, get_preset
 from gangealing.train.runtime import RunInUseError
-from test_train_gangealing import gen_file, tiny_cfg, tiny_generator  # noqa: F401  (gen_file: a fixture)
+from helpers import tiny_cfg, tiny_generator
 
 TINY_FLAGS = ["--preset", "tiny", "--flow-size", "16", "--input-size", "16", "--stn-max-channels", "16", "--batch", "4",
               "--micro-batch", "2", "--anneal-psi", "1", "--period", "1", "--pca-samples", "300", "--inject", "3",
@@ -47,7 +47,7 @@ def send_at_step(tr, n, signum):
     tr.train_step = train_step
 
 
-def test_cli_resume_without_repeating_the_preset_uses_the_runs_settings(gen_file, tmp_path):  # noqa: F811
+def test_cli_resume_without_repeating_the_preset_uses_the_runs_settings(gen_file, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--generator", str(gen_file), "--out", str(run), *TINY_FLAGS, "--iters", "3",
                  "--max-steps", "1"]) == 0
@@ -164,7 +164,7 @@ def test_classifier_resumes_with_its_settings_and_stops_on_a_signal(tmp_path):
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
-def test_cli_sigint_saves_a_checkpoint_and_exits_without_a_traceback(gen_file, tmp_path):  # noqa: F811
+def test_cli_sigint_saves_a_checkpoint_and_exits_without_a_traceback(gen_file, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "gangealing", "train", "--generator", str(gen_file), "--out", str(run), *TINY_FLAGS,

@@ -11,19 +11,10 @@ pytest.importorskip("flask", reason="the web extra (Flask) is not installed")
 
 from PIL import Image  # noqa: E402
 
-from gangealing.build import build  # noqa: E402
-from gangealing.config import STNConfig  # noqa: E402
-from gangealing.predictor import Congealer  # noqa: E402
 from gangealing.web import Limits, Workspace, create_app  # noqa: E402
+from helpers import identity_congealer  # noqa: E402
 
 CANVAS = 32
-
-
-def identity_congealer() -> Congealer:
-    """A freshly built transformer starts at the identity warp (flip off: the mapping is known exactly)."""
-    torch.manual_seed(0)
-    stn = build("stn", STNConfig(flow_size=16, input_size=16, channel_multiplier=0.125, max_channels=16))
-    return Congealer(stn, device="cpu", flip=False)
 
 
 def png(array: np.ndarray) -> bytes:

@@ -6,44 +6,18 @@ stroke's canvas pixels are the image's pixels) and nowhere else.
 """
 import base64
 import io
-import os
-import shutil
 import threading
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import launch_browser
+
 pytest.importorskip("flask", reason="the web extra (Flask) is not installed")
 
 CANVAS = 64  # canvas side = image side: with an identity model, canvas pixel (x, y) is image pixel (x, y)
 BRUSH = 12
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def find_browser():
-    """Chromium's executable (GANGEALING_CHROMIUM, else Debian's / PATH's), or None."""
-    for cand in (os.environ.get("GANGEALING_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser",
-                 shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")):
-        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    return None
-
-
-def launch_browser(extra_args=()):
-    """Yield a headless Chromium (Playwright) started with ``extra_args``; skips the test without one."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright; see scripts/install_browser.sh)")
-    exe = find_browser()
-    if exe is None:
-        pytest.skip("no Chromium executable found (bash scripts/install_browser.sh, or set GANGEALING_CHROMIUM)")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=exe, args=BROWSER_ARGS + list(extra_args))
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import identity_congealer, launch_browser
+
 pytest.importorskip("flask", reason="the web extra (Flask) is not installed")
-from test_web_browser import launch_browser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CANVAS = 64
@@ -153,8 +154,6 @@ def test_live_camera_frames_carry_the_edit_where_the_correspondences_say(camera_
 
 @pytest.fixture(scope="module")
 def live_client():
-    from test_web import identity_congealer
-
     from gangealing.web import Workspace, create_app
 
     ws = Workspace(identity_congealer(), torch.zeros(1, 3, 16, 16), None, canvas=32, live_backend="torch")
