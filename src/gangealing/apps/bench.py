@@ -189,10 +189,7 @@ def _mask_rows(cls: str, cfg: BenchConfig, congealers: Dict[str, Any], entries: 
         if cls in cfg.inductive_classes:
             # What a user gets from `gangealing refine` on their own collection: fitted on the train
             # split, never on the test images measured here.
-            from ..data.embedded import load_embedded
-            from ..data.images import to_tensor
-
-            train = to_tensor(load_embedded(f"animals:{cls}", "train").images).expand(-1, 3, -1, -1).contiguous()
+            train = animal_test_set(f"animals:{cls}", "train")[0]
             fits = [("refine from nothing (inductive: fitted on the train split)", None, None)]
             fits += [(f"{entries[n].label} + refine (inductive: train split)", n, base)
                      for n, base in _refine_bases(congealers, entries, "animals", cls).items()]

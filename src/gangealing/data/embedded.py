@@ -216,14 +216,14 @@ def load_embedded(name: str, split: str = "train", classes: Optional[Sequence[Un
 # The held-out test splits as the benchmarks and the demo use them (torch imported on use).
 
 
-def animal_test_set(name: str) -> Tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Held-out silhouettes of an embedded ``animals[:class]`` name: images ``(N, 3, 28, 28)`` in
-    [-1, 1], masks ``(N, 28, 28)`` bool (pixels >= 128) and labels ``(N,)``."""
+def animal_test_set(name: str, split: str = "test") -> Tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Held-out silhouettes of an embedded ``animals[:class]`` name (or its ``split``): images
+    ``(N, 3, 28, 28)`` in [-1, 1], masks ``(N, 28, 28)`` bool (pixels >= 128) and labels ``(N,)``."""
     import torch
 
     from .images import to_tensor
 
-    d = load_embedded(name, "test")
+    d = load_embedded(name, split)
     images = to_tensor(d.images).expand(-1, 3, -1, -1).contiguous()
     masks = torch.from_numpy(d.images[..., 0] >= 128)
     return images, masks, d.labels
