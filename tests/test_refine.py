@@ -103,6 +103,38 @@ def test_holdout_early_stopping_and_result():
     assert res.stopped in {"steps", "patience"} and res.steps <= 20 and res.images_per_s > 0
 
 
+def test_patience_counts_only_after_patience_after():
+    # lr 0 and a frozen template: the held-out distance never improves, so every evaluation is "bad".
+    imgs, _ = _copies(n=12, size=16)
+    cfg = dict(steps=20, holdout=0.25, eval_every=5, patience=1, lr=0.0, template_decay=1.0)
+    early = refine(scratch_stn(16, 16), imgs, _tiny_cfg(patience_after=0.0, **cfg))
+    late = refine(scratch_stn(16, 16), imgs, _tiny_cfg(patience_after=0.5, **cfg))
+    assert (early.stopped, early.steps) == ("patience", 5)
+    assert (late.stopped, late.steps) == ("patience", 10)  # evaluations at 5 did not count; 10 = half the steps
+    assert late.best_step == 0 and late.holdout_loss == late.initial_holdout_loss  # the start kept
+
+
+def test_flip_model_is_refined_on_the_images_as_it_faces_them():
+    # A model trained with --flips mirrors some inputs at test time; refine must fit those images
+    # mirrored (as the model meets them), not teach the transformer both facings.
+    torch.manual_seed(0)
+    imgs, _ = _copies(n=16, size=16)
+    imgs = torch.cat([imgs[:8], imgs[8:].flip(3)])
+    stn = scratch_stn(16, 16)
+    with torch.no_grad():  # a non-identity flow, so that flip inference has something to compare
+        for n, p in stn.named_parameters():
+            if "flow_out" in n:
+                p.normal_(0, 0.3)
+    refiner = Refiner(stn, _tiny_cfg(steps=2, holdout=0.0), flip=True)
+    flipped = stn(imgs, flip="auto", antialias=False).flipped
+    assert flipped.any() and not flipped.all()
+    faced = refiner._facing(imgs)
+    assert torch.equal(faced[flipped], imgs[flipped].flip(3)) and torch.equal(faced[~flipped], imgs[~flipped])
+    assert torch.equal(Refiner(stn, _tiny_cfg(steps=2, holdout=0.0))._facing(imgs), imgs)  # no flips: as given
+    res = refiner.fit(imgs, progress_bar=False)
+    assert res.steps == 2
+
+
 def test_bad_input_is_one_line_errors():
     imgs, _ = _copies(n=3, size=16)
     with pytest.raises(ValueError, match="too few to hold out a split"):
@@ -118,8 +150,8 @@ def test_bad_input_is_one_line_errors():
 
 def test_default_configs_differ_by_start():
     assert default_config(True).anchor_weight > 0 and default_config(False).anchor_weight == 0
-    assert default_config(False).tv_weight < default_config(True).tv_weight
-    assert default_config(False, steps=7, lr=None).steps == 7 and default_config(True, lr=None).lr == 5e-4
+    assert default_config(False, steps=7, lr=None).steps == 7 and default_config(True, lr=None).lr == 3e-3
+    assert default_config(True, tv_weight=50.0).tv_weight == 50.0 and default_config(True).patience_after == 0.5
 
 
 def test_distillation_starts_from_the_set_level_fit():

@@ -68,7 +68,7 @@ MODELS: Dict[str, ModelEntry] = {
     "gangealing-cat": ModelEntry("models/gangealing-cat/model.pt", "animals", ("cat",), "GANgealing (K=1, gan-cat)"),
     "gangealing-dog": ModelEntry("models/gangealing-dog/model.pt", "animals", ("dog",), "GANgealing (K=1, gan-dog)"),
     "gangealing-horse": ModelEntry("models/gangealing-horse/model.pt", "animals", ("horse",),
-                                   "GANgealing (K=1, gan-horse)"),
+                                   "GANgealing (K=1 + flips, gan-horse)"),
     "gangealing-tiny-cat": ModelEntry("models/gangealing-tiny-cat/model.pt", "animals", ("cat",),
                                       "GANgealing (tiny, K=1, gan-tiny-cat)"),
     "gangealing-tiny-cat-k2flips": ModelEntry("models/gangealing-tiny-cat-k2flips/model.pt", "animals", ("cat",),

@@ -130,9 +130,9 @@ def _rigid(images: torch.Tensor, flow_cells: int = 0):
     return rigid_congeal(images, RigidCongealingConfig(flow_cells=flow_cells))
 
 
-def _refined(images: torch.Tensor, cfg: BenchConfig, base=None, seed: int = 0):
+def _refined(images: torch.Tensor, cfg: BenchConfig, base=None, seed: int = 0, template: Optional[torch.Tensor] = None):
     """(Congealer, row fields): a transformer refined on ``images`` (from nothing, or ``base``'s, a
-    Congealer whose checkpoint had a generator and target when ``base.gan`` is set)."""
+    Congealer; ``template``: its GAN target image, when its file holds the generator and target)."""
     from ..predictor import Congealer
     from ..train.refine import Refiner, default_config, scratch_stn
 
@@ -141,10 +141,27 @@ def _refined(images: torch.Tensor, cfg: BenchConfig, base=None, seed: int = 0):
                         distill_steps=cfg.refine_distill_steps if base is None else 0)  # holdout 10%: when to stop
     frame = Congealer(stn, flip=False)
     x = torch.cat([frame.prepare(images[s:s + 500])[0].cpu() for s in range(0, len(images), 500)])
-    res = Refiner(stn, rc, template_image=getattr(base, "gan", None)).fit(x, progress_bar=False)
+    res = Refiner(stn, rc, template_image=template, flip=base is not None and base.flip).fit(x, progress_bar=False)
     c = Congealer(res.stn, flip=False if base is None else base.flip, padding_mode="border")
     return c, dict(fit_seconds=round(res.seconds, 1), fit_images=res.train_images + res.holdout_images,
                    images_per_s=round(res.images_per_s, 1), steps=res.steps)
+
+
+def _gan_templates(paths: Dict[str, str], congealers: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The GAN target image (:func:`~gangealing.train.refine.gan_template`) of every one-cluster
+    model whose file holds its generator and target: refine pulls towards it as well as the mean."""
+    from ..build import load_model
+    from ..train.refine import gan_template
+
+    out = {}
+    for n, c in congealers.items():
+        p = paths.get(n)
+        if c.num_clusters != 1 or p is None or not Path(p).is_file():
+            continue
+        m = load_model(p, device=c.device)
+        if m.generator is not None and m.target is not None:
+            out[n] = gan_template(m.generator, m.target, c.stn.cfg.flow_size)
+    return out
 
 
 def _refine_bases(congealers: Dict[str, Any], entries: Dict[str, ModelEntry], dataset: str, cls: str) -> Dict[str, Any]:
@@ -153,7 +170,9 @@ def _refine_bases(congealers: Dict[str, Any], entries: Dict[str, ModelEntry], da
             and c.num_clusters == 1 and not entries[n].ablation}
 
 
-def _mask_rows(cls: str, cfg: BenchConfig, congealers: Dict[str, Any], entries: Dict[str, ModelEntry], tick) -> List[Dict[str, Any]]:
+def _mask_rows(cls: str, cfg: BenchConfig, congealers: Dict[str, Any], entries: Dict[str, ModelEntry], tick,
+               templates: Optional[Dict[str, torch.Tensor]] = None) -> List[Dict[str, Any]]:
+    templates = templates or {}
     images, masks, _ = animal_test_set(f"animals:{cls}")
     pairs = random_pairs(np.zeros(len(images), dtype=np.int64), cfg.pairs, cfg.seed)
     a, b = pairs[:, 0], pairs[:, 1]
@@ -182,7 +201,7 @@ def _mask_rows(cls: str, cfg: BenchConfig, congealers: Dict[str, Any], entries: 
         rows.append(dict(dataset=f"animals:{cls} (test)", method="refine from nothing (set-level: fitted on these images)",
                          pairs=len(pairs), iou=float(mask_iou(out, masks[b]).mean()), **info))
         for name, base in _refine_bases(congealers, entries, "animals", cls).items():
-            c, info = _refined(images, cfg, base=base, seed=cfg.seed)
+            c, info = _refined(images, cfg, base=base, seed=cfg.seed, template=templates.get(name))
             out = congealer_mask_transfer(c, images, masks, pairs, resolution=cfg.mask_resolution)
             rows.append(dict(dataset=f"animals:{cls} (test)", method=f"{entries[name].label} + refine (set-level)",
                              model=name, pairs=len(pairs), iou=float(mask_iou(out, masks[b]).mean()), **info))
@@ -194,7 +213,7 @@ def _mask_rows(cls: str, cfg: BenchConfig, congealers: Dict[str, Any], entries: 
             fits += [(f"{entries[n].label} + refine (inductive: train split)", n, base)
                      for n, base in _refine_bases(congealers, entries, "animals", cls).items()]
             for method, name, base in fits:
-                c, info = _refined(train, cfg, base=base, seed=cfg.seed)
+                c, info = _refined(train, cfg, base=base, seed=cfg.seed, template=templates.get(name))
                 out = congealer_mask_transfer(c, images, masks, pairs, resolution=cfg.mask_resolution)
                 rows.append(dict(dataset=f"animals:{cls} (test)", method=method, pairs=len(pairs),
                                  iou=float(mask_iou(out, masks[b]).mean()), **({"model": name} if name else {}), **info))
@@ -208,7 +227,9 @@ def _mask_rows(cls: str, cfg: BenchConfig, congealers: Dict[str, Any], entries: 
     return rows
 
 
-def _pck_rows(cfg: BenchConfig, digit: str, congealers: Dict[str, Any], entries: Dict[str, ModelEntry], tick) -> List[Dict[str, Any]]:
+def _pck_rows(cfg: BenchConfig, digit: str, congealers: Dict[str, Any], entries: Dict[str, ModelEntry], tick,
+              templates: Optional[Dict[str, torch.Tensor]] = None) -> List[Dict[str, Any]]:
+    templates = templates or {}
     g = torch.Generator().manual_seed(cfg.seed)
     digits, _ = mnist_test_set([digit])
     digits = digits[: cfg.mnist_digits]
@@ -241,7 +262,7 @@ def _pck_rows(cfg: BenchConfig, digit: str, congealers: Dict[str, Any], entries:
         models["refine"], labels["refine"] = c, "refine from nothing (set-level: fitted on these images)"
         fit_s[labels["refine"]] = info["fit_seconds"]
         for mname, base in _refine_bases(congealers, entries, "mnist", digit).items():
-            c, info = _refined(both, cfg, base=base, seed=cfg.seed)
+            c, info = _refined(both, cfg, base=base, seed=cfg.seed, template=templates.get(mname))
             models[mname + "+refine"], labels[mname + "+refine"] = c, f"{entries[mname].label} + refine (set-level)"
             fit_s[labels[mname + "+refine"]] = info["fit_seconds"]
     tick()
@@ -382,13 +403,14 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
                      for cl in entries[n].classes}) or ["3"]
     steps = len(classes) + sum(entries[n].dataset == "animals" for n in congealers) \
         + len(digits) * 3 + len(congealers) + 2
+    templates = _gan_templates(paths, congealers) if cfg.refine else {}
     bar = tqdm(total=steps, desc="bench", disable=not progress)
     tick = lambda: bar.update(1)  # noqa: E731
     try:
         for cls in classes:
-            res.mask_transfer += _mask_rows(cls, cfg, congealers, entries, tick)
+            res.mask_transfer += _mask_rows(cls, cfg, congealers, entries, tick, templates)
         for d in digits:
-            res.mnist_pck += _pck_rows(cfg, d, congealers, entries, tick)
+            res.mnist_pck += _pck_rows(cfg, d, congealers, entries, tick, templates)
         for n, c in congealers.items():
             if entries[n].dataset == "mnist" and c.num_clusters > 1 and c.classifier is not None:
                 res.clustering.append(_cluster_rows(cfg, n, c, entries))

@@ -40,13 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=d.steps, help="most training steps")
     p.add_argument("--minutes", type=positive_float, default=None, help="stop after this many minutes (best held-out weights kept)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch, help="images per step")
-    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 3e-3 from nothing, 5e-4 with --ckpt)")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 3e-3)")
     p.add_argument("--distill-steps", type=non_negative_int, default=None,
                    help="steps regressing the grids of a set-level per-image fit before the objective (0: none)")
     p.add_argument("--template", choices=("auto", "mean", "gan", "both"), default="auto",
                    help="what congealed images are pulled to: the running average congealed image, the model's GAN "
                         "target, or both (auto: both when the model has a generator, else mean)")
-    p.add_argument("--tv-weight", type=float, default=None, help=f"flow total-variation weight (default 10 from nothing, {d.tv_weight:g} with --ckpt)")
+    p.add_argument("--tv-weight", type=float, default=None, help="flow total-variation weight (default 10)")
     p.add_argument("--identity-weight", type=float, default=None, help=f"flow identity weight (default {d.identity_weight:g})")
     p.add_argument("--anchor-weight", type=float, default=None,
                    help="weight of the distance to the starting warp (default 1 with --ckpt, 0 from nothing)")
@@ -54,6 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="steps between held-out evaluations")
     p.add_argument("--patience", type=non_negative_int, default=d.patience,
                    help="stop after this many evaluations without held-out improvement")
+    p.add_argument("--patience-after", type=unit_float, default=d.patience_after,
+                   help="fraction of --steps before which evaluations do not count toward --patience (the blur is "
+                        "still coarse then; an adapted model first gets worse at the fine scale)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split and the batches")
     p.add_argument("--metrics", default=None, help="also write each step's losses to this JSON-lines file")
     p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:1 (default: a GPU if there is one)")
@@ -93,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = default_config(model is not None, steps=args.steps, minutes=args.minutes, batch=args.batch_size, lr=args.lr,
                          template=args.template, tv_weight=args.tv_weight, identity_weight=args.identity_weight,
                          anchor_weight=args.anchor_weight, distill_steps=args.distill_steps, holdout=args.holdout, eval_every=args.eval_every,
-                         patience=args.patience, seed=args.seed)
-    refiner = Refiner(stn, cfg, template_image=template, device=dev)  # checks the template before loading images
+                         patience=args.patience, patience_after=args.patience_after, seed=args.seed)
+    flip = bool(model is not None and (model.meta.get("test") or {}).get("flip"))  # a model trained with --flips
+    refiner = Refiner(stn, cfg, template_image=template, device=dev, flip=flip)  # checks the template before loading images
     data = load_refine_images(args.data, stn.cfg.input_size, split=args.split, channels=stn.cfg.image_channels,
                               progress_bar=not args.no_progress)
     log = MetricsLogger(args.metrics, tensorboard=False) if args.metrics else None
