@@ -103,6 +103,19 @@ def test_holdout_early_stopping_and_result():
     assert res.stopped in {"steps", "patience"} and res.steps <= 20 and res.images_per_s > 0
 
 
+def test_scratch_stn_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(1)
+    a = scratch_stn(16, 16)
+    state = torch.random.get_rng_state()
+    torch.rand(5)  # whatever ran before must not change the transformer
+    b = scratch_stn(16, 16)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), scratch_stn(16, 16, seed=3).state_dict().values()))
+    torch.manual_seed(1)
+    scratch_stn(16, 16)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_patience_counts_only_after_patience_after():
     # lr 0 and a frozen template: the held-out distance never improves, so every evaluation is "bad".
     imgs, _ = _copies(n=12, size=16)
@@ -152,6 +165,7 @@ def test_default_configs_differ_by_start():
     assert default_config(True).anchor_weight > 0 and default_config(False).anchor_weight == 0
     assert default_config(False, steps=7, lr=None).steps == 7 and default_config(True, lr=None).lr == 3e-3
     assert default_config(True, tv_weight=50.0).tv_weight == 50.0 and default_config(True).patience_after == 0.5
+    assert default_config(False).tv_weight < default_config(True).tv_weight  # a model's flow stays smoother
 
 
 def test_distillation_starts_from_the_set_level_fit():

@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--template", choices=("auto", "mean", "gan", "both"), default="auto",
                    help="what congealed images are pulled to: the running average congealed image, the model's GAN "
                         "target, or both (auto: both when the model has a generator, else mean)")
-    p.add_argument("--tv-weight", type=float, default=None, help="flow total-variation weight (default 10)")
+    p.add_argument("--tv-weight", type=float, default=None, help="flow total-variation weight (default 100 with --ckpt, 10 from nothing)")
     p.add_argument("--identity-weight", type=float, default=None, help=f"flow identity weight (default {d.identity_weight:g})")
     p.add_argument("--anchor-weight", type=float, default=None,
                    help="weight of the distance to the starting warp (default 1 with --ckpt, 0 from nothing)")
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if model.generator is not None and model.target is not None:
             template = gan_template(model.generator, model.target, stn.cfg.flow_size)
     else:
-        stn = scratch_stn(args.size or 32, args.channels)
+        stn = scratch_stn(args.size or 32, args.channels, seed=args.seed)
     cfg = default_config(model is not None, steps=args.steps, minutes=args.minutes, batch=args.batch_size, lr=args.lr,
                          template=args.template, tv_weight=args.tv_weight, identity_weight=args.identity_weight,
                          anchor_weight=args.anchor_weight, distill_steps=args.distill_steps, holdout=args.holdout, eval_every=args.eval_every,
