@@ -145,10 +145,13 @@ def test_registry_and_missing_models(tmp_path):
 
 def test_markdown_of_a_result():
     res = B.BenchResult(config={"alphas": (0.1, 0.05)}, missing=["x"],
-                        mask_transfer=[dict(dataset="d", method="no alignment", pairs=3, iou=0.5)],
+                        mask_transfer=[dict(dataset="d", method="no alignment", pairs=3, iou=0.5),
+                                       dict(dataset="d", method="refine", pairs=3, iou=0.7, fit_seconds=80.04,
+                                            fit_images=900, images_per_s=160.4)],
                         clustering=[dict(model="m", clusters=10, images=5, accuracy=0.9, reference_accuracy=0.979)])
     md = B.to_markdown(res, "gangealing bench")
-    assert "| d | no alignment | 3 | 0.500 |" in md and "0.979" in md and "not found (skipped): x" in md
+    assert "| d | no alignment | 3 | 0.500 | – |" in md and "0.979" in md and "not found (skipped): x" in md
+    assert "| d | refine | 3 | 0.700 | 80.0 s (900 images, 160 images/s) |" in md  # the cost of a fitted row
 
 
 @pytest.mark.slow

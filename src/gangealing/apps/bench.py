@@ -457,6 +457,17 @@ def _f(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _fit_cell(r: Dict[str, Any]) -> str:
+    """How long a row's per-collection fit took (set-level baselines and refine; '–' for a model
+    trained beforehand), with refine's images/s: the cost a user pays for that row's alignment."""
+    if "fit_seconds" not in r:
+        return "–"
+    cell = f"{r['fit_seconds']:.1f} s"
+    if "images_per_s" in r:
+        cell += f" ({r['fit_images']} images, {r['images_per_s']:.0f} images/s)"
+    return cell
+
+
 def to_markdown(res: BenchResult, command: str = "") -> str:
     """The results as Markdown tables."""
     out = ["# gangealing bench results", ""]
@@ -466,8 +477,9 @@ def to_markdown(res: BenchResult, command: str = "") -> str:
         out += [f"Models not found (skipped): {', '.join(res.missing)}.", ""]
     if res.mask_transfer:
         out += ["## 1. Animal silhouettes: mask transfer (mean IoU over random same-class test pairs)", "",
-                "| dataset | method | pairs | mean IoU |", "| --- | --- | --- | --- |"]
-        out += [f"| {r['dataset']} | {r['method']} | {r['pairs']} | {_f(r['iou'])} |" for r in res.mask_transfer]
+                "| dataset | method | pairs | mean IoU | fitted in |", "| --- | --- | --- | --- | --- |"]
+        out += [f"| {r['dataset']} | {r['method']} | {r['pairs']} | {_f(r['iou'])} | {_fit_cell(r)} |"
+                for r in res.mask_transfer]
         out.append("")
         if any("set-level" in r["method"] for r in res.mask_transfer + res.mnist_pck):
             out += ["Rows marked *set-level* (like the congealing baselines) were fitted on the very test images they are "
@@ -475,10 +487,10 @@ def to_markdown(res: BenchResult, command: str = "") -> str:
     if res.mnist_pck:
         al = res.config.get("alphas", (0.1, 0.05))
         out += ["## 2. MNIST under known similarity perturbations: PCK of transferred stroke points", "",
-                "| dataset | pairs | method | " + " | ".join(f"PCK@{a}" for a in al) + " | points |",
-                "| --- | --- | --- | " + " | ".join("---" for _ in al) + " | --- |"]
+                "| dataset | pairs | method | " + " | ".join(f"PCK@{a}" for a in al) + " | points | fitted in |",
+                "| --- | --- | --- | " + " | ".join("---" for _ in al) + " | --- | --- |"]
         out += [f"| {r['dataset']} | {r['task']} | {r['method']} | "
-                + " | ".join(_f(r[f'pck@{a}']) for a in al) + f" | {r['points']} |" for r in res.mnist_pck]
+                + " | ".join(_f(r[f'pck@{a}']) for a in al) + f" | {r['points']} | {_fit_cell(r)} |" for r in res.mnist_pck]
         out.append("")
     if res.clustering:
         out += ["## 3. MNIST clustering accuracy (Hungarian matching)", "",
