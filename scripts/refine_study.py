@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--no-gan", action="store_true", help="mean template only, even when the model has a generator")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="RefineConfig overrides")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--channels", type=int, default=32, help="width of the transformer made from nothing")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -58,7 +59,7 @@ def main() -> None:
         if not args.no_gan and m.generator is not None and m.target is not None:
             template = gan_template(m.generator, m.target, base.stn.cfg.flow_size)
         print(f"before: {iou(base):.4f}")
-    stn = base.stn if base is not None else scratch_stn(32)
+    stn = base.stn if base is not None else scratch_stn(32, channels=args.channels)
     cfg = default_config(base is not None, steps=args.steps, seed=0, **overrides)
     frame = Congealer(stn, flip=False)
     x = torch.cat([frame.prepare(fit_images[s:s + 500])[0].cpu() for s in range(0, len(fit_images), 500)])
