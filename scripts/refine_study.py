@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--no-gan", action="store_true", help="mean template only, even when the model has a generator")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="RefineConfig overrides")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--channels", type=int, default=32, help="width of the transformer made from nothing")
+    p.add_argument("--channels", type=int, default=64, help="width of the transformer made from nothing")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -82,9 +82,11 @@ MODELS: Dict[str, ModelEntry] = {
 }
 
 GENERATORS: Dict[str, GeneratorEntry] = {
+    "gan-mnist": GeneratorEntry("models/gan-mnist/generator.pt", "mnist", "tiny (R1 1), CPU, 19.4k steps of 16"),
     "gan-tiny-mnist": GeneratorEntry("models/gan-tiny-mnist/generator.pt", "mnist", "tiny, CPU, 7k steps of 16"),
     "gan-tiny-cat": GeneratorEntry("models/gan-tiny-cat/generator.pt", "animals:cat", "tiny, CPU, 2.5k steps of 16"),
     "gan-cat": GeneratorEntry("models/gan-cat/generator.pt", "animals:cat", "tiny arch., H200, 3.8k steps of 64"),
+    "gan-cat-r1": GeneratorEntry("models/gan-cat-r1/generator.pt", "animals:cat", "tiny (R1 1, ADA), CPU, 8.9k steps of 16"),
     "gan-dog": GeneratorEntry("models/gan-dog/generator.pt", "animals:dog", "tiny arch., H200, 3.7k steps of 64"),
     "gan-horse": GeneratorEntry("models/gan-horse/generator.pt", "animals:horse", "tiny arch., H200, 3.8k steps of 64"),
 }

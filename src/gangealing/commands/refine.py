@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "test", "all"), default="train", help="split of an embedded dataset")
     p.add_argument("--size", type=positive_int, default=None,
                    help="from nothing: transformer size, a power of two >= 16 (default 32); with --ckpt the model's")
-    p.add_argument("--channels", type=positive_int, default=32, help="from nothing: widest layer of the transformer")
+    p.add_argument("--channels", type=positive_int, default=64, help="from nothing: widest layer of the transformer (64: the refine study, docs/refine.md)")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="most training steps")
     p.add_argument("--minutes", type=positive_float, default=None, help="stop after this many minutes (best held-out weights kept)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch, help="images per step")

@@ -122,7 +122,7 @@ class RefineResult:
     history: List[Dict[str, float]] = field(default_factory=list)
 
 
-def scratch_stn(size: int = 32, channels: int = 32, image_channels: int = 3, input_size: Optional[int] = None,
+def scratch_stn(size: int = 32, channels: int = 64, image_channels: int = 3, input_size: Optional[int] = None,
                 seed: Optional[int] = 0) -> nn.Module:
     """An identity-initialised small similarity + flow transformer of ``size`` px (a power of two >= 16).
 
