@@ -26,7 +26,7 @@ def main() -> None:
     from gangealing.metrics.mask_transfer import congealer_mask_transfer
     from gangealing.predictor import Congealer
     from gangealing.pretrained import resolve_checkpoint
-    from gangealing.train.refine import Refiner, default_config, gan_template, scratch_stn
+    from gangealing.train.refine import SCRATCH_CHANNELS, Refiner, default_config, gan_template, scratch_stn
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cls", help="animal class (cat, dog, horse, ...)")
@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--no-gan", action="store_true", help="mean template only, even when the model has a generator")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="RefineConfig overrides")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--channels", type=int, default=64, help="width of the transformer made from nothing")
+    p.add_argument("--channels", type=int, default=SCRATCH_CHANNELS, help="width of the transformer made from nothing")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 

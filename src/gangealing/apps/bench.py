@@ -136,7 +136,7 @@ def _refined(images: torch.Tensor, cfg: BenchConfig, base=None, seed: int = 0, t
     from ..predictor import Congealer
     from ..train.refine import Refiner, default_config, scratch_stn
 
-    stn = scratch_stn(32, seed=seed) if base is None else base.stn
+    stn = scratch_stn(seed=seed) if base is None else base.stn
     rc = default_config(base is not None, steps=cfg.refine_steps, seed=seed,
                         distill_steps=cfg.refine_distill_steps if base is None else 0)  # holdout 10%: when to stop
     frame = Congealer(stn, flip=False)

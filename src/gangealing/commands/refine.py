@@ -20,7 +20,7 @@ See docs/refine.md.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..train.refine import RefineConfig
+    from ..train.refine import SCRATCH_CHANNELS, SCRATCH_SIZE, RefineConfig
 
     d = RefineConfig()
     p = sub.add_parser("refine", help="align your own images: adapt a model's transformer to them, or train one from nothing",
@@ -35,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default=None, help="GANgealing model to adapt (file or released name); default: from nothing")
     p.add_argument("--split", choices=("train", "test", "all"), default="train", help="split of an embedded dataset")
     p.add_argument("--size", type=positive_int, default=None,
-                   help="from nothing: transformer size, a power of two >= 16 (default 32); with --ckpt the model's")
-    p.add_argument("--channels", type=positive_int, default=64, help="from nothing: widest layer of the transformer (64: the refine study, docs/refine.md)")
+                   help=f"from nothing: transformer size, a power of two >= 16 (default {SCRATCH_SIZE}); with --ckpt the model's")
+    p.add_argument("--channels", type=positive_int, default=SCRATCH_CHANNELS, help="from nothing: widest layer of the transformer")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="most training steps")
     p.add_argument("--minutes", type=positive_float, default=None, help="stop after this many minutes (best held-out weights kept)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch, help="images per step")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..fileio import check_output_file
     from ..predictor import default_device
-    from ..train.refine import (Refiner, default_config, gan_template, load_refine_images, save_refined,
+    from ..train.refine import (Refiner, default_config, gan_template, load_refine_images, SCRATCH_SIZE, save_refined,
                                 scratch_stn)
     from ..train.runtime import MetricsLogger
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if model.generator is not None and model.target is not None:
             template = gan_template(model.generator, model.target, stn.cfg.flow_size)
     else:
-        stn = scratch_stn(args.size or 32, args.channels, seed=args.seed)
+        stn = scratch_stn(args.size or SCRATCH_SIZE, args.channels, seed=args.seed)
     cfg = default_config(model is not None, steps=args.steps, minutes=args.minutes, batch=args.batch_size, lr=args.lr,
                          template=args.template, tv_weight=args.tv_weight, identity_weight=args.identity_weight,
                          anchor_weight=args.anchor_weight, distill_steps=args.distill_steps, holdout=args.holdout, eval_every=args.eval_every,
