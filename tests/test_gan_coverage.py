@@ -236,3 +236,31 @@ def test_bench_generator_section_rows_and_table(tmp_path):
     assert "## Generators" in md and "| animals:cat | gan-cat |" in md and "ceiling" in md
     res = B.BenchResult(config={}, generators=rows)
     assert "## Generators" in B.to_markdown(res)
+
+
+def test_resume_with_other_settings_is_refused_and_the_run_kept(images, tmp_path):
+    train_gan(ada_cfg(images, iters=2), tmp_path / "run", cache_dir=tmp_path / "c", **KW)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    with pytest.raises(ValueError, match=r"other settings.*r1 1\.0 -> 0\.5.*another --out"):
+        train_gan(ada_cfg(images, iters=4, r1=0.5), tmp_path / "run", cache_dir=tmp_path / "c", **KW)
+    assert last.read_bytes() == before
+    # A longer --iters is allowed: it continues the same run.
+    assert train_gan(ada_cfg(images, iters=3), tmp_path / "run", cache_dir=tmp_path / "c", **KW).step == 3
+
+
+def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(images, tmp_path, monkeypatch):
+    train_gan(ada_cfg(images, iters=2, ckpt_every=1), tmp_path / "run", cache_dir=tmp_path / "c", **KW)
+    trainer = GANTrainer(ada_cfg(images, iters=6, ckpt_every=1), tmp_path / "run", cache_dir=tmp_path / "c", **KW)
+    step = trainer.train_step
+
+    def diverge():
+        out = step()
+        if trainer.step == 4:
+            out = {**out, "loss_d": torch.tensor(float("nan"))}
+        return out
+
+    monkeypatch.setattr(trainer, "train_step", diverge)
+    with pytest.raises(ValueError, match="training diverged: loss_d became nan at step 4.*lower --lr"):
+        trainer.train()
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt").step == 3
