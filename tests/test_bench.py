@@ -5,7 +5,7 @@ import torch
 
 from gangealing.apps import bench as B
 from gangealing.data.perturb import perturb_digits, stroke_points
-from gangealing.metrics.alignment import hungarian_accuracy, mask_iou, pck_at, random_pairs
+from gangealing.metrics.alignment import cluster_composition, hungarian_accuracy, mask_iou, pck_at, random_pairs
 from gangealing.metrics.mask_transfer import classic_mask_transfer, congealer_mask_transfer, grid_mask_transfer
 from gangealing.zoo import MODELS, available_models, resolve_model, resolve_model_file
 from gangealing.geometry.coords import identity_grid
@@ -101,6 +101,16 @@ def test_hungarian_accuracy():
     assert hungarian_accuracy([0, 0, 0, 0], [0, 1, 2, 3]) == 0.25  # one cluster matches one label
 
 
+def test_cluster_composition_names_each_clusters_main_label():
+    comp = cluster_composition([0, 0, 0, 2, 2, 0], [7, 7, 1, 3, 3, 7], clusters=4)
+    assert [q["images"] for q in comp] == [4, 0, 2, 0]
+    assert comp[0]["label"] == 7 and comp[0]["share"] == pytest.approx(0.75)
+    assert comp[1]["label"] is None and comp[1]["share"] == 0.0
+    assert comp[2]["label"] == 3 and comp[2]["share"] == 1.0
+    with pytest.raises(ValueError, match="same shape"):
+        cluster_composition([0, 1], [0])
+
+
 def test_perturbation_ground_truth_and_pck():
     from gangealing.geometry.coords import apply_affine, invert_affine
 
@@ -148,10 +158,12 @@ def test_markdown_of_a_result():
                         mask_transfer=[dict(dataset="d", method="no alignment", pairs=3, iou=0.5),
                                        dict(dataset="d", method="refine", pairs=3, iou=0.7, fit_seconds=80.04,
                                             fit_images=900, images_per_s=160.4)],
-                        clustering=[dict(model="m", clusters=10, images=5, accuracy=0.9, reference_accuracy=0.979)])
+                        clustering=[dict(model="m", clusters=10, images=5, accuracy=0.9, reference_accuracy=0.979,
+                                         composition=cluster_composition([0, 0, 1, 1, 0], [4, 4, 9, 2, 4], 3))])
     md = B.to_markdown(res, "gangealing bench")
     assert "| d | no alignment | 3 | 0.500 | – |" in md and "0.979" in md and "not found (skipped): x" in md
     assert "| d | refine | 3 | 0.700 | 80.0 s (900 images, 160 images/s) |" in md  # the cost of a fitted row
+    assert "m, test images per cluster (cluster: images, most common label and its share): 0: 3, 4s 100%; 1: 2, 2s 50%; 2: 0." in md
 
 
 @pytest.mark.slow

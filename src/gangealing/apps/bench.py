@@ -45,7 +45,7 @@ import torch
 from ..data.embedded import animal_test_set, digits_as_images, mnist_test_set
 from ..data.perturb import perturb_digits, stroke_points
 from ..geometry.coords import apply_affine, norm_to_pixel, pixel_to_norm
-from ..metrics.alignment import hungarian_accuracy, mask_iou, pck_at, random_pairs
+from ..metrics.alignment import cluster_composition, hungarian_accuracy, mask_iou, pck_at, random_pairs
 from ..metrics.mask_transfer import classic_mask_transfer, congealer_mask_transfer, grid_mask_transfer
 from ..train.timing import step_times
 from ..zoo import MODELS, ModelEntry, available_models, resolve_model_file
@@ -305,7 +305,8 @@ def _cluster_rows(cfg: BenchConfig, name: str, c, entries: Dict[str, ModelEntry]
     pred = torch.cat(preds).numpy()
     return dict(dataset="mnist (test)", model=name, method=entries[name].label, images=int(len(pred)),
                 clusters=c.num_clusters, accuracy=hungarian_accuracy(pred, labels),
-                reference="DTI-clustering (published)", reference_accuracy=DTI_CLUSTERING_MNIST)
+                reference="DTI-clustering (published)", reference_accuracy=DTI_CLUSTERING_MNIST,
+                composition=cluster_composition(pred, labels, c.num_clusters))
 
 
 def _throughput(name: str, c, images: torch.Tensor, batch: int = 100) -> Dict[str, Any]:
@@ -498,6 +499,11 @@ def to_markdown(res: BenchResult, command: str = "") -> str:
         out += [f"| {r['model']} | {r['clusters']} | {r['images']} | {_f(r['accuracy'])} | {_f(r['reference_accuracy'])} |"
                 for r in res.clustering]
         out.append("")
+        for r in res.clustering:
+            if r.get("composition"):  # which digits each cluster holds: where the accuracy is lost
+                out += [f"{r['model']}, test images per cluster (cluster: images, most common label and its share): "
+                        + "; ".join(f"{q['cluster']}: {q['images']}" + ("" if q["label"] is None else
+                                    f", {q['label']}s {q['share'] * 100:.0f}%") for q in r["composition"]) + ".", ""]
     if res.throughput:
         out += ["## Alignment throughput at inference", "",
                 "| model | input | output | batch | device | threads | images/s |", "| --- | --- | --- | --- | --- | --- | --- |"]

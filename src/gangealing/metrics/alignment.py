@@ -4,12 +4,12 @@ Pure functions over tensors (no files, no models); ``gangealing bench`` and ``ga
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-__all__ = ["mask_iou", "hungarian_accuracy", "random_pairs", "pck_at"]
+__all__ = ["mask_iou", "hungarian_accuracy", "cluster_composition", "random_pairs", "pck_at"]
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -35,6 +35,27 @@ def hungarian_accuracy(pred: Union[np.ndarray, torch.Tensor], labels: Union[np.n
     np.add.at(counts, (pred, labels), 1)
     rows, cols = linear_sum_assignment(-counts)
     return float(counts[rows, cols].sum() / pred.size)
+
+
+def cluster_composition(pred: Union[np.ndarray, torch.Tensor], labels: Union[np.ndarray, torch.Tensor],
+                        clusters: Optional[int] = None) -> List[Dict[str, Any]]:
+    """What each cluster holds: ``[{cluster, images, label, share}]`` in cluster order, where ``label``
+    is the most common true label among the cluster's items and ``share`` its fraction of them (``label``
+    is None and ``share`` 0 for an empty cluster). ``clusters`` defaults to the largest id seen + 1."""
+    pred, labels = np.asarray(pred).astype(np.int64), np.asarray(labels).astype(np.int64)
+    if pred.shape != labels.shape:
+        raise ValueError("pred and labels must be of the same shape")
+    k = int(clusters if clusters is not None else (pred.max() + 1 if pred.size else 0))
+    rows = []
+    for c in range(k):
+        held = labels[pred == c]
+        if held.size == 0:
+            rows.append(dict(cluster=c, images=0, label=None, share=0.0))
+            continue
+        values, counts = np.unique(held, return_counts=True)
+        rows.append(dict(cluster=c, images=int(held.size), label=int(values[counts.argmax()]),
+                         share=float(counts.max() / held.size)))
+    return rows
 
 
 def random_pairs(labels: Sequence[int], n: int, seed: int = 0) -> torch.Tensor:
