@@ -88,6 +88,7 @@ GENERATORS: Dict[str, GeneratorEntry] = {
     "gan-cat": GeneratorEntry("models/gan-cat/generator.pt", "animals:cat", "tiny arch., H200, 3.8k steps of 64"),
     "gan-cat-r1": GeneratorEntry("models/gan-cat-r1/generator.pt", "animals:cat", "tiny (R1 1, ADA), CPU, 8.9k steps of 16"),
     "gan-dog": GeneratorEntry("models/gan-dog/generator.pt", "animals:dog", "tiny arch., H200, 3.7k steps of 64"),
+    "gan-dog-r1": GeneratorEntry("models/gan-dog-r1/generator.pt", "animals:dog", "tiny (R1 1, ADA), CPU, 11.3k steps of 16"),
     "gan-horse": GeneratorEntry("models/gan-horse/generator.pt", "animals:horse", "tiny arch., H200, 3.8k steps of 64"),
 }
 
