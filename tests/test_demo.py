@@ -48,8 +48,8 @@ def test_demo_writes_the_report(tmp_path):
     if resolve_model("gangealing-tiny-mnist3") is not None:
         for name in ["gangealing-tiny-mnist3_perturbed.png", "gangealing-tiny-mnist3_congealed.png"]:
             assert (out / name).is_file() and name in html
-    if resolve_model("gangealing-tiny-mnist-k10") is not None:
-        assert len(list(out.glob("gangealing-tiny-mnist-k10_cluster*.png"))) >= 2
+    if resolve_model("gangealing-mnist-k10") is not None:
+        assert len(list(out.glob("gangealing-mnist-k10_cluster*.png"))) >= 2
     assert "Benchmark" in html
 
 

@@ -14,7 +14,7 @@ def test_every_committed_model_and_generator_names_data_the_benchmark_knows():
     for e in zoo.MODELS.values():
         known = ANIMAL_CLASSES if e.dataset == "animals" else MNIST_CLASSES
         assert e.dataset in ("animals", "mnist") and set(e.classes) <= set(known) and e.label
-    assert zoo.MODELS["gangealing-tiny-mnist-k10"].data == "mnist"
+    assert zoo.MODELS["gangealing-mnist-k10"].data == "mnist"
     assert zoo.MODELS["gangealing-tiny-cat"].data == "animals:cat"
     assert all(g.path.startswith("models/") for g in zoo.GENERATORS.values())
 

@@ -77,8 +77,8 @@ MODELS: Dict[str, ModelEntry] = {
                                           "similarity-only ablation (tiny, gan-tiny-cat)", ablation=True),
     "gangealing-tiny-mnist3": ModelEntry("models/gangealing-tiny-mnist3/model.pt", "mnist", ("3",),
                                          "GANgealing (tiny, K=1, input jitter)"),
-    "gangealing-tiny-mnist-k10": ModelEntry("models/gangealing-tiny-mnist-k10/model.pt", "mnist",
-                                            tuple(str(d) for d in range(10)), "GANgealing (tiny, K=10 + classifier)"),
+    "gangealing-mnist-k10": ModelEntry("models/gangealing-mnist-k10/model.pt", "mnist",
+                                       tuple(str(d) for d in range(10)), "GANgealing (K=10 + classifier, gan-mnist)"),
 }
 
 GENERATORS: Dict[str, GeneratorEntry] = {
