@@ -28,13 +28,21 @@ def hungarian_accuracy(pred: Union[np.ndarray, torch.Tensor], labels: Union[np.n
         raise ImportError("the clustering accuracy needs scipy: pip install 'gangealing[bench]' (or scipy)") from e
 
     pred, labels = np.asarray(pred).astype(np.int64), np.asarray(labels).astype(np.int64)
-    if pred.shape != labels.shape or pred.size == 0:
+    if pred.size == 0:
         raise ValueError("pred and labels must be non-empty and of the same shape")
     k = int(max(pred.max(), labels.max())) + 1
-    counts = np.zeros((k, k), dtype=np.int64)
-    np.add.at(counts, (pred, labels), 1)
+    counts = _contingency(pred, labels, k, k)
     rows, cols = linear_sum_assignment(-counts)
     return float(counts[rows, cols].sum() / pred.size)
+
+
+def _contingency(pred: np.ndarray, labels: np.ndarray, clusters: int, classes: int) -> np.ndarray:
+    """``(clusters, classes)`` counts of items per (predicted cluster, true label)."""
+    if pred.shape != labels.shape:
+        raise ValueError("pred and labels must be non-empty and of the same shape")
+    counts = np.zeros((clusters, classes), dtype=np.int64)
+    np.add.at(counts, (pred, labels), 1)
+    return counts
 
 
 def cluster_composition(pred: Union[np.ndarray, torch.Tensor], labels: Union[np.ndarray, torch.Tensor],
@@ -43,19 +51,11 @@ def cluster_composition(pred: Union[np.ndarray, torch.Tensor], labels: Union[np.
     is the most common true label among the cluster's items and ``share`` its fraction of them (``label``
     is None and ``share`` 0 for an empty cluster). ``clusters`` defaults to the largest id seen + 1."""
     pred, labels = np.asarray(pred).astype(np.int64), np.asarray(labels).astype(np.int64)
-    if pred.shape != labels.shape:
-        raise ValueError("pred and labels must be of the same shape")
     k = int(clusters if clusters is not None else (pred.max() + 1 if pred.size else 0))
-    rows = []
-    for c in range(k):
-        held = labels[pred == c]
-        if held.size == 0:
-            rows.append(dict(cluster=c, images=0, label=None, share=0.0))
-            continue
-        values, counts = np.unique(held, return_counts=True)
-        rows.append(dict(cluster=c, images=int(held.size), label=int(values[counts.argmax()]),
-                         share=float(counts.max() / held.size)))
-    return rows
+    counts = _contingency(pred, labels, k, int(labels.max()) + 1 if labels.size else 1)
+    sizes, top = counts.sum(1), counts.argmax(1)
+    return [dict(cluster=c, images=int(sizes[c]), label=int(top[c]) if sizes[c] else None,
+                 share=float(counts[c, top[c]] / sizes[c]) if sizes[c] else 0.0) for c in range(k)]
 
 
 def random_pairs(labels: Sequence[int], n: int, seed: int = 0) -> torch.Tensor:
