@@ -1,14 +1,17 @@
 """Which digits the K = 10 k-means++ seeds of `gangealing train --preset tiny-clusters` show, for an
 MNIST generator (BENCHMARKS.md section 3).
 
-    python scripts/seed_study.py models/gan-mnist/generator.pt [--candidates 2000] [--trials 6] [--local 1 4]
+    python scripts/seed_study.py models/gan-mnist/generator.pt [--trials 6] [--local 1 4] [--normalise]
 
 Renders the candidates as training's initialisation does (first ``inject`` W+ rows from the
 candidate, the rest from the mean W), reads their digits with the project's digit classifier, and
 counts the distinct digits among the 10 seeds that k-means++ picks under the MobileNetV2 distance,
 for several seeds of the draw. ``--local L`` tries L D^2-drawn candidates per step and keeps the
 one that lowers the k-means potential most (greedy k-means++, as scikit-learn); L = 1 is the
-original's plain k-means++; L = 0 is farthest-point traversal (deterministic after the first seed).
+original's plain k-means++; L = 0 is farthest-point traversal (deterministic after the first seed);
+L = -1 runs 50 Lloyd iterations from the plain k-means++ seeds and takes the candidate nearest each
+final centroid (``gangealing train --kmeans-lloyd 50``). ``--normalise`` measures the distances
+between moment-normalised copies (centred, deskewed, scaled).
 """
 from __future__ import annotations
 
@@ -41,22 +44,31 @@ def greedy_kmeans_plusplus(features, k, dist, g, local, batch=200):
     return torch.tensor(idx)
 
 
-def perceptual_embedding(loss, imgs, batch=200):
-    """(M, E) vectors whose squared Euclidean distances are ``loss``'s distances between the images.
+def moment_normalise(imgs, spread=0.35):
+    """Copies of (M, 1, S, S) images in [-1, 1] with their ink centred, deskewed and scaled.
 
-    The LPIPS-style distance without heads is scale * sum_k mean_hw |f_k(a) - f_k(b)|^2 over unit
-    channel vectors, so each image's features, scaled by sqrt(scale / (h_k w_k)), embed it: one
-    backbone pass per image instead of one per pair.
+    The classic MNIST normalisation by image moments: the ink's centroid goes to the centre, the
+    shear that makes its x-y covariance zero is undone, and the ink's spread along y is scaled to
+    ``spread`` (in the [-1, 1] frame) - a cheap transformation-invariant view of each candidate.
+    Coordinates: x right, y down, both in [-1, 1] at pixel centres (align_corners=False).
     """
-    out = []
-    for x in imgs.split(batch):
-        x = ((x - loss.in_shift) / loss.in_scale).contiguous(memory_format=loss.memory_format)
-        parts = []
-        for f in loss.backbone(x):  # (B, C_k, h_k, w_k)
-            f = f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + 1e-10)
-            parts.append(f.flatten(1) * (loss.distance_scale / (f.shape[2] * f.shape[3])) ** 0.5)
-        out.append(torch.cat(parts, 1))
-    return torch.cat(out)
+    m, _, s, _ = imgs.shape
+    w = (imgs[:, 0] + 1) / 2  # (M, S, S) ink weight in [0, 1]
+    w = w / w.sum((1, 2), keepdim=True).clamp_min(1e-8)
+    t = (torch.arange(s, dtype=imgs.dtype) + 0.5) / s * 2 - 1  # (S,)
+    ys, xs = t.view(1, s, 1), t.view(1, 1, s)
+    cx, cy = (w * xs).sum((1, 2)), (w * ys).sum((1, 2))  # (M,)
+    vy = (w * (ys - cy.view(-1, 1, 1)) ** 2).sum((1, 2))
+    cxy = (w * (xs - cx.view(-1, 1, 1)) * (ys - cy.view(-1, 1, 1))).sum((1, 2))
+    skew = cxy / vy.clamp_min(1e-8)  # (M,) x-shear per unit y
+    scale = vy.sqrt() / spread  # output -> input scale
+    # Output point (u, v) samples input (cx + scale * (u + skew * v), cy + scale * v).
+    theta = torch.zeros(m, 2, 3, dtype=imgs.dtype)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = scale, scale * skew, cx
+    theta[:, 1, 1], theta[:, 1, 2] = scale, cy
+    grid = torch.nn.functional.affine_grid(theta, list(imgs.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(imgs + 1, grid, align_corners=False, padding_mode="zeros") - 1
+    return out
 
 
 def main() -> None:
@@ -65,7 +77,7 @@ def main() -> None:
     from gangealing.losses.perceptual import build_perceptual_loss
     from gangealing.metrics.digits import load_digit_classifier, predict_digits
     from gangealing.models.pca import sample_w
-    from gangealing.models.target import kmeans_candidate_wplus
+    from gangealing.models.target import kmeans_candidate_wplus, lloyd_medoids
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("generator")
@@ -73,6 +85,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--local", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--inject", type=int, default=4)
+    ap.add_argument("--grid", help="write the first 32 candidates and the views measured (PNG)")
+    ap.add_argument("--normalise", action="store_true",
+                    help="measure distances between moment-normalised copies (centred, deskewed, scaled)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
 
@@ -85,8 +100,12 @@ def main() -> None:
     clf = load_digit_classifier()
     print("candidates per digit", torch.bincount(predict_digits(clf, imgs), minlength=10).tolist())
     loss = build_perceptual_loss("mobilenet")
-    emb = perceptual_embedding(loss, imgs)  # (M, E)
-    check = loss(imgs[:8], imgs[8:16])
+    views = moment_normalise(imgs) if args.normalise else imgs
+    if args.grid:
+        from gangealing.vis import save_grid
+        save_grid(torch.cat([imgs[:32], views[:32]]), args.grid, nrow=16)
+    emb = torch.cat([loss.embed(c) for c in views.split(200)])  # (M, E)
+    check = loss(views[:8], views[8:16])
     assert torch.allclose((emb[:8] - emb[8:16]).square().sum(1), check, rtol=1e-3, atol=1e-6), "embedding != distance"
 
     def dist(a, b):
@@ -95,7 +114,9 @@ def main() -> None:
     for local in args.local:
         distinct = []
         for t in range(args.trials):
-            idx = greedy_kmeans_plusplus(emb, 10, dist, torch.Generator().manual_seed(t), local)
+            idx = greedy_kmeans_plusplus(emb, 10, dist, torch.Generator().manual_seed(t), local if local >= 0 else 1)
+            if local < 0:  # k-means++ seeds refined by Lloyd iterations to the clusters' medoids
+                idx = lloyd_medoids(emb, idx, 50)
             digits = sorted(predict_digits(clf, imgs[idx]).tolist())
             distinct.append(len(set(digits)))
             print(f"local {local} draw {t}: seed digits {digits}")

@@ -30,7 +30,7 @@ DEFAULTS = {
     "input_size": 256, "stn_channel_multiplier": 0.5, "stn_max_channels": 512, "iters": 1500000, "batch": 40,
     "micro_batch": 5, "stn_lr": 0.001, "target_lr": 0.01, "anneal_psi": 150000, "anneal_fn": "cosine",
     "period": 37500, "t_mult": 2, "decay": 0.9, "ema_decay": 0.9977843871238888, "pca_samples": 1000000,
-    "kmeans_candidates": 50000, "log_every": 25, "vis_every": 5000, "ckpt_every": 50000, "n_sample": 64,
+    "kmeans_candidates": 50000, "kmeans_lloyd": 0, "log_every": 25, "vis_every": 5000, "ckpt_every": 50000, "n_sample": 64,
     "n_mean": 8000, "seed": 0,
 }
 PRESET_CHANGES = {

@@ -372,3 +372,37 @@ def test_mobilenet_batchnorm_folding_keeps_outputs():
     for a, b in zip(before, net(x)):
         assert a.abs().mean() > 0.1  # the comparison below is not trivially between near-zero maps
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def _pairwise_from_embedding(e):
+    return (e[:, None] - e[None]).square().sum(-1)  # (N, N)
+
+
+def test_mobilenet_embedding_reproduces_its_distances(mobilenet_loss):
+    x = images(4, seed=5)[:, :1]  # grayscale, as MNIST
+    e = mobilenet_loss.embed(x)
+    assert e.dim() == 2 and e.shape[0] == 4
+    for i in range(4):
+        want = mobilenet_loss(x[i:i + 1].expand(4, -1, -1, -1), x)
+        torch.testing.assert_close(_pairwise_from_embedding(e)[i], want, rtol=1e-4, atol=1e-6)
+
+
+@needs_lpips
+def test_lpips_embedding_folds_in_its_heads(vgg_file):
+    loss = build_perceptual_loss("lpips-vgg", weights=vgg_file, heads=LPIPS_HEADS)
+    x = images(3, seed=6)
+    e = loss.embed(x)
+    torch.testing.assert_close(_pairwise_from_embedding(e)[0], loss(x[:1].expand(3, -1, -1, -1), x),
+                               rtol=1e-4, atol=1e-6)
+    loss.heads[0].data[0] = -1.0
+    with pytest.raises(ValueError, match="negative"):
+        loss.embed(x)
+
+
+@pytest.mark.parametrize("scales", [1, 3])
+def test_pixel_embedding_reproduces_l2_and_refuses_l1(scales):
+    x = images(3, seed=7)
+    loss = P.PixelDistance(2, scales)
+    torch.testing.assert_close(_pairwise_from_embedding(loss.embed(x))[1], loss(x[1:2].expand(3, -1, -1, -1), x))
+    with pytest.raises(ValueError, match="p = 2"):
+        P.PixelDistance(1).embed(x)

@@ -10,6 +10,7 @@ from gangealing.models.target import (
     kmeans_candidate_wplus,
     kmeans_plusplus,
     kmeans_plusplus_targets,
+    lloyd_medoids,
 )
 
 # The parity fixture's latent learner: dim_latent 64, 8 W+ rows, 2 directions, inject 3, one head.
@@ -295,3 +296,28 @@ def test_images_from_target_match_original(fixture_target, reference, parity_dir
             w_plus = fixture_target(reference["w"], psi)
             image = generator.synthesis(w_plus, noise="const")
         torch.testing.assert_close(image, expected["image"], atol=1e-4, rtol=0)
+
+
+def test_lloyd_medoids_moves_doubled_seeds_to_every_cluster():
+    points, labels = _three_clusters()
+    doubled = torch.tensor([0, 3, 1])  # two seeds in cluster 0, none in cluster 2
+    assert sorted(labels[doubled].tolist()) == [0, 0, 1]
+    idx = lloyd_medoids(points, doubled, iters=10)
+    assert idx.dtype == torch.long and idx.shape == (3,)
+    assert sorted(labels[idx].tolist()) == [0, 1, 2]
+    # Each pick is the point nearest its cluster's mean.
+    for i in idx.tolist():
+        members = points[labels == labels[i]]
+        assert i == int(torch.cdist(members.mean(0, keepdim=True), points).argmin())
+    # No iterations: the seeds themselves.
+    assert torch.equal(lloyd_medoids(points, doubled, iters=0), doubled)
+
+
+def test_kmeans_plusplus_targets_lloyd_needs_embeddings():
+    points, labels = _three_clusters()
+    pca = fit_full_pca(points, 2)
+    seeds = kmeans_plusplus_targets(points, points, 3, _euclidean, torch.Generator().manual_seed(1), pca,
+                                    embeddings=points, lloyd_iters=5)
+    assert sorted(labels[seeds.indices].tolist()) == [0, 1, 2]
+    with pytest.raises(ValueError, match="embedding"):
+        kmeans_plusplus_targets(points, points, 3, _euclidean, torch.Generator().manual_seed(1), pca, lloyd_iters=5)

@@ -105,6 +105,17 @@ def test_clustering_with_flips_initialises_distinct_heads(tmp_path):
     assert sum(rows[-1][f"assign_{i}"] for i in range(6)) == pytest.approx(1.0)
 
 
+def test_kmeans_lloyd_moves_seeds_to_medoids_and_needs_an_embedding(tmp_path):
+    plain = GANgealingTrainer(tiny_cfg(num_heads=3, iters=1, num_directions=4), tiny_generator(), tmp_path / "a",
+                              loss_fn=PixelDistance(2), show_progress=False).init_info["kmeans_seeds"]
+    lloyd = GANgealingTrainer(tiny_cfg(num_heads=3, iters=1, num_directions=4, kmeans_lloyd=20), tiny_generator(),
+                              tmp_path / "b", loss_fn=PixelDistance(2), show_progress=False).init_info["kmeans_seeds"]
+    assert len(set(lloyd)) == 3 and lloyd != plain  # same candidates and draw, moved by Lloyd's iterations
+    with pytest.raises(ValueError, match="Euclidean embedding"):
+        GANgealingTrainer(tiny_cfg(num_heads=3, iters=1, kmeans_lloyd=5), tiny_generator(), tmp_path / "c",
+                          loss_fn=PixelDistance(1), show_progress=False)
+
+
 def test_similarity_only_and_flow_only_transformers_train(tmp_path):
     for i, extra in enumerate([dict(transforms=("similarity",), tv_weight=0.0, identity_weight=0.0),
                                dict(transforms=("flow",))]):

@@ -222,23 +222,44 @@ class PerceptualDistance(nn.Module):
         # A frozen metric: BatchNorm must keep its ImageNet statistics even inside a model put in train().
         return super().train(False)
 
+    def _unit_features(self, x: torch.Tensor):
+        """The backbone's taps for images (N, C, H, W) in [-1, 1], as unit channel vectors (N, C_k, h_k, w_k)."""
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"expected (N, 1 or 3, H, W) images, got {tuple(x.shape)}")
+        x = x.contiguous(memory_format=self.memory_format)
+        x = (x - self.in_shift) / self.in_scale  # (N, 3, H, W); broadcasting repeats grayscale to RGB
+        for f in self.backbone(x):  # f: (N, C_k, h_k, w_k)
+            yield f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + _NORM_EPS)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distances (N,) between images x, y of shape (N, C, H, W) in [-1, 1], C in {1, 3}."""
         if x.shape != y.shape:
             raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
-        if x.dim() != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"expected (N, 1 or 3, H, W) images, got {tuple(x.shape)}")
         n = x.shape[0]
         # One backbone pass over both batches: same FLOPs, fewer and larger kernels (faster on CPU).
-        xy = torch.cat([x, y], 0).contiguous(memory_format=self.memory_format)  # (2N, C, H, W)
-        xy = (xy - self.in_shift) / self.in_scale  # (2N, 3, H, W); broadcasting repeats grayscale to RGB
         dist = x.new_zeros(n)
-        for k, f in enumerate(self.backbone(xy)):  # f: (2N, C_k, h_k, w_k)
-            f = f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + _NORM_EPS)  # unit channel vectors
+        for k, f in enumerate(self._unit_features(torch.cat([x, y], 0))):  # f: (2N, C_k, h_k, w_k)
             d = (f[:n] - f[n:]).square().mean((2, 3))  # (N, C_k)
             # A 1x1 head and the spatial mean are both linear, so averaging first is the same number.
             dist = dist + (d @ self.heads[k] if self.heads is not None else d.sum(1))  # (N,)
         return dist * self.distance_scale if self.distance_scale != 1.0 else dist  # (N,)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, E) vectors whose squared Euclidean distances are this metric's distances between images x.
+
+        Without heads the distance is scale * sum_k mean_hw |f_k(a) - f_k(b)|^2, so each tap scaled by
+        sqrt(scale / (h_k w_k)) (and by sqrt(head), which LPIPS keeps non-negative) embeds an image:
+        one backbone pass per image instead of one per pair (k-means on the images uses this).
+        """
+        parts = []
+        for k, f in enumerate(self._unit_features(x)):  # (N, C_k, h_k, w_k)
+            w = torch.full((f.shape[1],), self.distance_scale / (f.shape[2] * f.shape[3]), device=f.device)
+            if self.heads is not None:
+                if (self.heads[k] < 0).any():
+                    raise ValueError("a head with negative weights has no Euclidean embedding")
+                w = w * self.heads[k].reshape(-1)
+            parts.append((f * w.sqrt().view(1, -1, 1, 1)).flatten(1))
+        return torch.cat(parts, 1)  # (N, E)
 
 
 class PixelDistance(nn.Module):
@@ -261,6 +282,16 @@ class PixelDistance(nn.Module):
         diff = x - y  # (N, C, H, W)
         diff = diff.abs() if self.p == 1 else diff.square()
         return diff.flatten(1).mean(1)  # (N,)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, E) vectors whose squared Euclidean distances are the (p = 2) distances between images x."""
+        if self.p != 2:
+            raise ValueError("only the squared (p = 2) pixel distance has a Euclidean embedding")
+        parts = [x.flatten(1) / (x[0].numel() * self.scales) ** 0.5]
+        for _ in range(self.scales - 1):
+            x = F.avg_pool2d(x, 2)
+            parts.append(x.flatten(1) / (x[0].numel() * self.scales) ** 0.5)
+        return torch.cat(parts, 1)  # (N, E)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distances (N,) between x and y of shape (N, C, H, W) (any shape when ``scales == 1``)."""

@@ -38,6 +38,7 @@ __all__ = [
     "kmeans_candidate_wplus",
     "kmeans_plusplus",
     "kmeans_plusplus_targets",
+    "lloyd_medoids",
 ]
 
 HeadIndex = Union[int, Tensor, None]
@@ -186,6 +187,27 @@ def kmeans_plusplus(
     return torch.tensor(indices, dtype=torch.long)
 
 
+@torch.no_grad()
+def lloyd_medoids(embeddings: Tensor, seeds: Tensor, iters: int) -> Tensor:
+    """Refine seed indices (K,) by ``iters`` Lloyd iterations of k-means on ``embeddings`` (M, E);
+    returns (K,) int64 indices of the candidates nearest the final centroids (medoids of a kind).
+
+    k-means++ draws each seed at random, so with K about the number of modes it often puts two seeds
+    in one mode and none in another (on MNIST: 6-8 of 10 digits, BENCHMARKS.md section 3); Lloyd's
+    iterations move the centres to where the candidates are (8-9 of 10). A cluster that empties keeps
+    its centre.
+    """
+    x = embeddings.float()  # (M, E)
+    centres = x[seeds.to(x.device)].clone()  # (K, E)
+    for _ in range(iters):
+        assign = torch.cdist(x, centres).argmin(1)  # (M,)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)  # (K, E)
+        counts = torch.bincount(assign, minlength=centres.shape[0]).to(x.dtype)  # (K,)
+        moved = counts > 0
+        centres[moved] = sums[moved] / counts[moved, None]
+    return torch.cdist(centres, x).argmin(1).to("cpu", torch.long)  # (K,)
+
+
 @dataclass(frozen=True, eq=False)
 class TargetSeeds:
     """Initial targets for K heads: the chosen W and their PCA coefficients."""
@@ -203,12 +225,20 @@ def kmeans_plusplus_targets(
     generator: torch.Generator,
     pca: PCAResult,
     batch_size: Optional[int] = None,
+    embeddings: Optional[Tensor] = None,
+    lloyd_iters: int = 0,
 ) -> TargetSeeds:
     """K-means++ over candidates ``latents`` (M, D) with ``features`` (M, ...) (e.g. their images
     rendered from :func:`kmeans_candidate_wplus`); returns the seeds and their PCA coefficients,
-    ready for :meth:`CongealingTarget.init_from_latents` (or to copy into ``coefficients``)."""
+    ready for :meth:`CongealingTarget.init_from_latents` (or to copy into ``coefficients``).
+    With ``lloyd_iters`` > 0 the seeds are then refined by :func:`lloyd_medoids` on ``embeddings``
+    (M, E), vectors whose squared distances are ``distance_fn``'s (the original stops at the seeds)."""
     if latents.shape[0] != features.shape[0]:
         raise ValueError(f"{latents.shape[0]} latents but {features.shape[0]} feature rows")
     indices = kmeans_plusplus(features, num_heads, distance_fn, generator, batch_size)  # (K,)
+    if lloyd_iters > 0:
+        if embeddings is None or embeddings.shape[0] != latents.shape[0]:
+            raise ValueError("Lloyd refinement of the seeds needs one embedding row per candidate")
+        indices = lloyd_medoids(embeddings, indices, lloyd_iters)
     seeds = latents[indices.to(latents.device)]  # (K, D)
     return TargetSeeds(indices, seeds, pca.encode(seeds))

@@ -137,7 +137,8 @@ def init_target(target: nn.Module, generator: nn.Module, cfg: GANgealingTrainCon
     """PCA of W (``cfg.pca_samples`` samples) into ``target``'s directions, ``c`` at the mean; with
     K > 1 heads, each head at a k-means++ seed among ``cfg.kmeans_candidates`` latents rendered
     with their coarse rows (rows after ``inject`` from the mean W) and compared with ``loss_fn``
-    at the transformer's resolution (``resize``). Returns a summary (explained variance, seeds)."""
+    at the transformer's resolution (``resize``), then (``cfg.kmeans_lloyd`` > 0) moved to cluster
+    medoids by Lloyd iterations on ``loss_fn.embed``. Returns a summary (explained variance, seeds)."""
     d = generator.style_dim
     w = sample_w(generator.mapping, cfg.pca_samples, d, batch=10_000, generator=rng)  # (M, D)
     n_comp = min(cfg.target.num_directions, d)
@@ -163,7 +164,15 @@ def init_target(target: nn.Module, generator: nn.Module, cfg: GANgealingTrainCon
         def dist(a: Tensor, b: Tensor) -> Tensor:
             return loss_fn(a.to(dev, torch.float32), b.to(dev, torch.float32)).reshape(-1)  # (B,)
 
-        seeds = kmeans_plusplus_targets(latents, features, target.cfg.num_heads, dist, rng, pca, batch_size=batch)
+        embeddings = None
+        if cfg.kmeans_lloyd > 0:
+            embed = getattr(loss_fn, "embed", None)
+            if embed is None:
+                raise ValueError(f"kmeans_lloyd needs a loss with a Euclidean embedding (mobilenet, lpips-vgg, "
+                                 f"vgg-ssl, l2), not {type(loss_fn).__name__}; set kmeans_lloyd=0")
+            embeddings = torch.cat([embed(c.to(dev, torch.float32)).cpu() for c in features.split(batch)])  # (M, E)
+        seeds = kmeans_plusplus_targets(latents, features, target.cfg.num_heads, dist, rng, pca, batch_size=batch,
+                                        embeddings=embeddings, lloyd_iters=cfg.kmeans_lloyd)
         target.init_from_latents(seeds.latents, pca)
         info["kmeans_seeds"] = seeds.indices.tolist()
     return info

@@ -91,6 +91,9 @@ class GANgealingTrainConfig(ConfigBase):
     # -- initialisation
     pca_samples: int = setting(1_000_000, "W samples for the PCA of W")
     kmeans_candidates: int = setting(50_000, "candidate latents for the k-means++ initialisation of K targets")
+    kmeans_lloyd: int = setting(0, "Lloyd iterations moving the K k-means++ seeds to cluster medoids (0: the "
+                                   "original's seeds; needs a loss with a Euclidean embedding: mobilenet, "
+                                   "lpips-vgg, vgg-ssl, l2)")
     # -- logging and visuals
     log_every: int = setting(25, "steps between metric lines")
     vis_every: int = setting(5000, "steps between visuals")
