@@ -21,7 +21,8 @@ import torch
 
 
 def greedy_kmeans_plusplus(features, k, dist, g, local, batch=200):
-    """(k,) indices: D^2 sampling with ``local`` candidates per step, the best by potential kept."""
+    """(k,) indices: D^2 sampling with ``local`` > 1 candidates per step, the best by potential kept;
+    ``local`` = 0: farthest-point traversal. (L = 1 is ``gangealing.models.target.kmeans_plusplus``.)"""
     def to_all(i):
         a = features[i][None]
         return torch.cat([dist(a.expand_as(c), c).double() for c in features.split(batch)])  # (M,)
@@ -77,7 +78,7 @@ def main() -> None:
     from gangealing.losses.perceptual import build_perceptual_loss
     from gangealing.metrics.digits import load_digit_classifier, predict_digits
     from gangealing.models.pca import sample_w
-    from gangealing.models.target import kmeans_candidate_wplus, lloyd_medoids
+    from gangealing.models.target import kmeans_candidate_wplus, kmeans_plusplus, lloyd_medoids
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("generator")
@@ -114,9 +115,12 @@ def main() -> None:
     for local in args.local:
         distinct = []
         for t in range(args.trials):
-            idx = greedy_kmeans_plusplus(emb, 10, dist, torch.Generator().manual_seed(t), local if local >= 0 else 1)
-            if local < 0:  # k-means++ seeds refined by Lloyd iterations to the clusters' medoids
-                idx = lloyd_medoids(emb, idx, 50)
+            g = torch.Generator().manual_seed(t)
+            if local in (1, -1):  # training's own k-means++ (the original's), then (-1) Lloyd to medoids
+                idx = kmeans_plusplus(emb, 10, dist, g)
+                idx = lloyd_medoids(emb, idx, 50) if local < 0 else idx
+            else:  # the study's variants: greedy D^2 sampling (L > 1), farthest-point traversal (L = 0)
+                idx = greedy_kmeans_plusplus(emb, 10, dist, g, local)
             digits = sorted(predict_digits(clf, imgs[idx]).tolist())
             distinct.append(len(set(digits)))
             print(f"local {local} draw {t}: seed digits {digits}")

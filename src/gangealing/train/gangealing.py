@@ -161,16 +161,22 @@ def init_target(target: nn.Module, generator: nn.Module, cfg: GANgealingTrainCon
         features = torch.cat(feats)  # (M, C, S, S)
         dev = latents.device
 
-        def dist(a: Tensor, b: Tensor) -> Tensor:
+        def loss_dist(a: Tensor, b: Tensor) -> Tensor:
             return loss_fn(a.to(dev, torch.float32), b.to(dev, torch.float32)).reshape(-1)  # (B,)
 
-        embeddings = None
+        def embedded_dist(a: Tensor, b: Tensor) -> Tensor:
+            return (a - b).square().sum(1)  # (B,): the same distances, read from the embedding
+
+        dist, embeddings = loss_dist, None
         if cfg.kmeans_lloyd > 0:
             embed = getattr(loss_fn, "embed", None)
             if embed is None:
                 raise ValueError(f"kmeans_lloyd needs a loss with a Euclidean embedding (mobilenet, lpips-vgg, "
                                  f"vgg-ssl, l2), not {type(loss_fn).__name__}; set kmeans_lloyd=0")
             embeddings = torch.cat([embed(c.to(dev, torch.float32)).cpu() for c in features.split(batch)])  # (M, E)
+            # One backbone pass per candidate is already paid for: k-means++ reads its distances from
+            # the embedding instead of two more passes over every candidate per seed.
+            features, dist = embeddings, embedded_dist
         seeds = kmeans_plusplus_targets(latents, features, target.cfg.num_heads, dist, rng, pca, batch_size=batch,
                                         embeddings=embeddings, lloyd_iters=cfg.kmeans_lloyd)
         target.init_from_latents(seeds.latents, pca)
