@@ -68,6 +68,7 @@ image_side = int_range(1, MAX_RESOLUTION, hint=" (pixels on a side)")
 port = int_range(0, 65535, hint=" (0: any free port)")
 finite_float = float_range()
 positive_float = float_range(0.0, low_open=True)
+non_negative_float = float_range(0.0)
 unit_float = float_range(0.0, 1.0)
 
 
@@ -101,3 +102,18 @@ def device(text: str) -> str:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise argparse.ArgumentTypeError(f"unsupported device {text!r}: use cpu, cuda or cuda:N")
     return text
+
+
+def new_model_file(out, source: Optional[str], overwrite: bool, source_flag: str = "the input model"):
+    """``out`` as the path of a model file to write: never the ``source`` model file, an existing file
+    only with ``overwrite``; a ``ValueError`` naming the fix otherwise."""
+    from pathlib import Path
+
+    from ..fileio import check_output_file
+
+    out = Path(out)
+    if source is not None and Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
+        raise ValueError(f"--out {out} is {source_flag}; the input model is never overwritten: choose another --out")
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    return check_output_file(out)

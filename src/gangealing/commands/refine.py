@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import Formatter, device, non_negative_int, positive_float, positive_int, unit_float
+from ._common import Formatter, device, new_model_file, non_negative_int, positive_float, positive_int, unit_float
 
 ORDER = 22
 
@@ -65,20 +65,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..fileio import check_output_file
     from ..predictor import default_device
     from ..train.refine import (Refiner, default_config, gan_template, load_refine_images, SCRATCH_SIZE, save_refined,
                                 scratch_stn)
     from ..train.runtime import MetricsLogger
 
-    out = Path(args.out)
-    if args.ckpt is not None and Path(args.ckpt).exists() and out.exists() and out.resolve() == Path(args.ckpt).resolve():
-        raise ValueError(f"--out {out} is the --ckpt file; the input model is never overwritten: choose another --out")
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
-    check_output_file(out)
+    out = new_model_file(args.out, args.ckpt, args.overwrite, "the --ckpt file")
     dev = args.device or default_device()
     model, template = None, None
     if args.ckpt is not None:

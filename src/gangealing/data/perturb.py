@@ -1,37 +1,40 @@
-"""Digits under known similarity perturbations, and points on their strokes: exact ground truth for
+"""Images (digits, photos) under known similarity perturbations, and points on their strokes: exact ground truth for
 keypoint transfer (``gangealing bench``, section 2; ``gangealing demo``)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..geometry.coords import pixel_to_norm
 
-__all__ = ["Perturbed", "perturb_digits", "stroke_points"]
+__all__ = ["Perturbed", "perturb_digits", "perturb_images", "stroke_points"]
 
 
 @dataclass(frozen=True)
 class Perturbed:
-    """Digits on a canvas under known similarities: images and the digit-pixel -> canvas-pixel maps."""
+    """Images on a canvas under known similarities: the renders and the image-pixel -> canvas-pixel maps."""
 
-    images: torch.Tensor  # (N, 3, S, S) in [-1, 1], background -1
+    images: torch.Tensor  # (N, C, S, S); digits: (N, 3, S, S) in [-1, 1], background -1
     to_canvas: torch.Tensor  # (N, 2, 3): canvas_px = A @ [digit_px, 1]
     canvas: int
 
 
-def perturb_digits(digits: torch.Tensor, canvas: int, gen: torch.Generator, *, max_angle: float = 45.0,
-                   scale: Tuple[float, float] = (0.7, 1.3), max_shift: float = 0.15,
-                   identity: bool = False) -> Perturbed:
-    """Place digits ``(N, H, W)`` uint8 on ``canvas`` px under random similarities about their centres.
+def perturb_images(images: torch.Tensor, canvas: int, gen: torch.Generator, *, max_angle: float = 45.0,
+                   scale: Tuple[float, float] = (0.7, 1.3), max_shift: float = 0.15, identity: bool = False,
+                   fill: Optional[float] = None) -> Perturbed:
+    """Place images ``(N, C, H, W)`` on ``canvas`` px squares under random similarities about their centres.
 
     Angle uniform in ``±max_angle`` degrees, scale uniform in ``scale``, shifts uniform in
-    ``±max_shift * canvas`` px; ``identity=True`` centres them unchanged (a 0-cost control).
+    ``±max_shift * canvas`` px; ``identity=True`` centres them unchanged (a 0-cost control). Canvas
+    pixels that fall outside an image take ``fill`` (a value), or with ``fill=None`` its nearest
+    border pixel (photos). Values are not rescaled. ``to_canvas`` maps image pixels to canvas pixels
+    (pixel centres at integers, as everywhere in this project).
     """
-    n, h, w = digits.shape
+    n, _, h, w = images.shape
     if identity:
         ang, s, t = torch.zeros(n), torch.ones(n), torch.zeros(n, 2)
     else:
@@ -44,15 +47,28 @@ def perturb_digits(digits: torch.Tensor, canvas: int, gen: torch.Generator, *, m
     c_c = torch.full((2,), (canvas - 1) / 2)
     trans = c_c + t - (rot @ c_d)  # (N, 2)
     to_canvas = torch.cat([rot, trans.unsqueeze(-1)], 2)  # (N, 2, 3)
-    # Render: every canvas pixel samples the digit at the inverse-mapped position.
+    # Render: every canvas pixel samples the image at the inverse-mapped position.
     ys, xs = torch.meshgrid(torch.arange(canvas, dtype=torch.float32), torch.arange(canvas, dtype=torch.float32), indexing="ij")
     q = torch.stack([xs, ys], -1).reshape(1, -1, 2)  # (1, S*S, 2)
     inv = torch.linalg.inv(rot)  # (N, 2, 2)
-    p = (q - trans.unsqueeze(1)) @ inv.transpose(1, 2)  # (N, S*S, 2) digit pixels
-    grid = pixel_to_norm(p, (h, w)).view(n, canvas, canvas, 2)
+    p = (q - trans.unsqueeze(1)) @ inv.transpose(1, 2)  # (N, S*S, 2) image pixels
+    grid = pixel_to_norm(p, (h, w)).view(n, canvas, canvas, 2).to(images.device)
+    x = images.float()
+    if fill is None:
+        img = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    else:  # zeros padding around (x - fill) puts ``fill`` outside, with bilinear edges as before
+        img = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    return Perturbed(images=img, to_canvas=to_canvas, canvas=canvas)
+
+
+def perturb_digits(digits: torch.Tensor, canvas: int, gen: torch.Generator, *, max_angle: float = 45.0,
+                   scale: Tuple[float, float] = (0.7, 1.3), max_shift: float = 0.15,
+                   identity: bool = False) -> Perturbed:
+    """Place digits ``(N, H, W)`` uint8 on ``canvas`` px under random similarities about their
+    centres (:func:`perturb_images`), as the models' input: ``(N, 3, S, S)`` in [-1, 1], background -1."""
     unit = digits.float().div(255).unsqueeze(1)  # (N, 1, H, W) in [0, 1]; zeros padding = background
-    img = F.grid_sample(unit, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return Perturbed(images=(img * 2 - 1).expand(-1, 3, -1, -1).contiguous(), to_canvas=to_canvas, canvas=canvas)
+    p = perturb_images(unit, canvas, gen, max_angle=max_angle, scale=scale, max_shift=max_shift, identity=identity, fill=0.0)
+    return Perturbed(images=(p.images * 2 - 1).expand(-1, 3, -1, -1).contiguous(), to_canvas=p.to_canvas, canvas=canvas)
 
 
 def stroke_points(digits: torch.Tensor, k: int, gen: torch.Generator, threshold: int = 128) -> torch.Tensor:
