@@ -1,6 +1,7 @@
 """Test-time iterations chosen by self-consistency (gangealing.apps.tune, `gangealing tune`)."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,10 +116,26 @@ def test_cli_measures_writes_and_never_overwrites(tmp_path, capsys):
     assert main(["tune", src, str(folder), "--out", str(out), "--candidates", "1", "2", "--images", "4",
                  "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "best: iters" in text and out.is_file()
+    assert "best: iters" in text and "on 4 images" in text and out.is_file()
     assert main(["tune", src, str(folder), "--out", str(out), "--no-progress"]) != 0
     assert "exists; pass --overwrite" in capsys.readouterr().err
     before = Path(src).read_bytes()
     assert main(["tune", src, str(folder), "--out", src, "--overwrite", "--no-progress"]) != 0
     assert "never overwritten" in capsys.readouterr().err
     assert Path(src).read_bytes() == before
+
+
+def test_images_are_spread_over_a_folder_and_only_those_are_read(tmp_path):
+    from PIL import Image
+
+    from gangealing.apps.tune import images_for
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(9):  # image i is uniformly grey level 20 * i
+        Image.fromarray(np.full((12, 20), 20 * i, np.uint8)).save(folder / f"{i:02d}.png")
+    (folder / "05.png").write_bytes(b"not an image")  # never picked: only 00, 04, 08 are read
+    c = identity_congealer()
+    x = images_for(c, folder, count=3)
+    levels = ((x[:, 0, 8, 8] + 1) * 127.5).round().tolist()
+    assert x.shape == (3, 3, 16, 16) and levels == [0.0, 80.0, 160.0]

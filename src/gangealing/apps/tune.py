@@ -39,7 +39,7 @@ class TuneConfig:
     """The perturbations, the points and the candidates of :func:`tune_iters`."""
 
     iters: Tuple[int, ...] = (1, 2, 3, 4)  # candidate similarity passes
-    images: int = 200  # images measured (the first ones of the set)
+    images: int = 200  # images measured (spread evenly over the set)
     max_angle: float = 20.0  # degrees, uniform in +-max_angle
     scale: Tuple[float, float] = (0.8, 1.2)  # uniform content scale
     max_shift: float = 0.1  # uniform shift, +- this fraction of the canvas
@@ -192,11 +192,24 @@ def save_tuned(source, result: TuneResult, out: Union[str, os.PathLike], *, data
 
 def images_for(congealer, source: Union[str, os.PathLike], *, split: str = "train", count: int = 200,
                progress: bool = False) -> torch.Tensor:
-    """The first ``count`` images of a folder / zip / glob, a prepared dataset or an embedded name, at
-    the model's input size, fitted to squares as ``gangealing align`` does, in [-1, 1]."""
+    """``count`` images spread evenly over a folder / zip / glob, a prepared dataset or an embedded name
+    (in their sorted order), at the model's input size, fitted to squares as ``gangealing align`` does,
+    in [-1, 1]. Of a large folder only the picked files are read."""
+    from ..data.dataset import MANIFEST
+    from ..data.embedded import is_embedded_name
+    from ..data.images import list_images
     from ..train.refine import load_refine_images
 
-    ds = load_refine_images(source, congealer.input_size, split=split, channels=congealer.stn.cfg.image_channels,
-                            progress_bar=progress)
-    return ds.tensor(slice(0, min(count, len(ds))))
+    def spread(n: int) -> List[int]:
+        return sorted({int(round(i * (n - 1) / max(count - 1, 1))) for i in range(min(count, n))})
 
+    src: Any = source
+    if not is_embedded_name(source) and Path(source).is_dir() and not (Path(source) / MANIFEST).is_file():
+        files = list_images(source)
+        src = [files[i] for i in spread(len(files))]
+    elif not is_embedded_name(source) and not Path(source).exists():
+        files = list_images(source)  # a glob (raises when nothing matches)
+        src = [files[i] for i in spread(len(files))]
+    ds = load_refine_images(src, congealer.input_size, split=split, channels=congealer.stn.cfg.image_channels,
+                            progress_bar=progress)
+    return ds.tensor(spread(len(ds)))

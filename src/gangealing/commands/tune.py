@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write a copy of the model with the chosen iters here (never the input file)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--split", choices=("train", "test", "all"), default="train", help="split of an embedded dataset")
-    p.add_argument("--images", type=positive_int, default=d.images, help="images measured (the first ones)")
+    p.add_argument("--images", type=positive_int, default=d.images, help="images measured, spread evenly over the set")
     p.add_argument("--candidates", type=positive_int, nargs="+", default=list(d.iters), help="similarity pass counts to try")
     p.add_argument("--max-angle", type=non_negative_float, default=d.max_angle, help="perturbation rotation, +- degrees")
     p.add_argument("--scale", type=positive_float, nargs=2, default=list(d.scale), metavar=("LOW", "HIGH"),
