@@ -139,3 +139,16 @@ def test_images_are_spread_over_a_folder_and_only_those_are_read(tmp_path):
     x = images_for(c, folder, count=3)
     levels = ((x[:, 0, 8, 8] + 1) * 127.5).round().tolist()
     assert x.shape == (3, 3, 16, 16) and levels == [0.0, 80.0, 160.0]
+
+
+def test_bench_rows_name_a_models_own_similarity_passes(tmp_path):
+    from gangealing.apps.bench import BenchConfig, run_bench
+    from gangealing.zoo import ModelEntry
+
+    c = identity_congealer()
+    c.iters = 2
+    extra = {"m": ModelEntry(str(tmp_path / "m.pt"), "mnist", ("3",), "M")}
+    cfg = BenchConfig(classic=False, refine=False, mnist_digits=4, throughput_images=4, generators=False,
+                      gan_presets=(), gangealing_presets=(), animal_classes=())
+    res = run_bench(cfg, [], congealers={"m": c}, extra=extra, progress=False)
+    assert {r["method"] for r in res.mnist_pck} == {"no alignment", "M, 2 similarity passes"}

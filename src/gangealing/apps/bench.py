@@ -397,6 +397,9 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
         if unknown:
             raise KeyError(f"no entry for model(s) {', '.join(unknown)}: pass them in extra")
         missing, paths = [], {n: "(given)" for n in congealers}
+    # A model's own test-time similarity passes (meta["test"], e.g. from `gangealing tune`) show in its label.
+    entries.update({n: dataclasses.replace(entries[n], label=f"{entries[n].label}, {c.iters} similarity passes")
+                    for n, c in congealers.items() if c.iters != 1})
     res = BenchResult(config=dataclasses.asdict(cfg), models=paths, missing=missing)
     classes = list(cfg.animal_classes) + sorted({entries[n].classes[0] for n in congealers
                                                  if entries[n].dataset == "animals"} - set(cfg.animal_classes))
