@@ -142,7 +142,9 @@ def _refined(images: torch.Tensor, cfg: BenchConfig, base=None, seed: int = 0, t
     frame = Congealer(stn, flip=False)
     x = torch.cat([frame.prepare(images[s:s + 500])[0].cpu() for s in range(0, len(images), 500)])
     res = Refiner(stn, rc, template_image=template, flip=base is not None and base.flip).fit(x, progress_bar=False)
-    c = Congealer(res.stn, flip=False if base is None else base.flip, padding_mode="border")
+    # As `gangealing refine` writes it: the base model's test-time settings carry over.
+    c = Congealer(res.stn, flip=False if base is None else base.flip, padding_mode="border",
+                  iters=1 if base is None else base.iters)
     return c, dict(fit_seconds=round(res.seconds, 1), fit_images=res.train_images + res.holdout_images,
                    images_per_s=round(res.images_per_s, 1), steps=res.steps)
 
