@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gangealing.apps.tune import TuneConfig, consistency, content_points, save_tuned, tune_iters
+from gangealing.apps.tune import TuneConfig, consistency, content_points, perturbed_pairs, save_tuned, tune_iters
 from gangealing.checkpoint import load_checkpoint
 from gangealing.cli import main
 from gangealing.data.perturb import perturb_digits, perturb_images
@@ -58,9 +58,11 @@ def test_content_points_fall_on_the_content():
 def test_identical_copies_are_perfectly_consistent_and_moved_copies_are_not():
     c = identity_congealer()
     x = _blobs()
-    still = consistency(c, x, TuneConfig(max_angle=0, scale=(1, 1), max_shift=0, points=8))
+    cfg = TuneConfig(max_angle=0, scale=(1, 1), max_shift=0, points=8)
+    still = consistency(c, perturbed_pairs(x, cfg), cfg)
     assert still.pck[0.05] == 1.0 and still.mean_error < 1e-3
-    moved = consistency(c, x, TuneConfig(max_angle=30, scale=(0.8, 1.2), max_shift=0.2, points=8))
+    cfg = TuneConfig(max_angle=30, scale=(0.8, 1.2), max_shift=0.2, points=8)
+    moved = consistency(c, perturbed_pairs(x, cfg), cfg)
     assert moved.pck[0.05] < 0.9 and moved.mean_error > 0.02  # the identity does not undo a perturbation
 
 
@@ -87,7 +89,7 @@ def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="select_alpha"):
         TuneConfig(select_alpha=0.2)
     with pytest.raises(ValueError, match="square"):
-        consistency(identity_congealer(), torch.zeros(1, 3, 16, 12))
+        perturbed_pairs(torch.zeros(1, 3, 16, 12))
 
 
 @pytest.mark.skipif(not MNIST3.is_file(), reason="the committed mnist3 model is part of the repository")

@@ -56,6 +56,16 @@ def check_output_folder(path: PathLike) -> Path:
     return p
 
 
+def check_not_input(out: PathLike, source, what: str = "the input model") -> Path:
+    """``out`` as a path to write; a ``ValueError`` when it is the file ``source`` names (a path or
+    anything else, e.g. a released model's name): inputs are never overwritten."""
+    o = Path(out)
+    if isinstance(source, (str, os.PathLike)) and Path(source).exists() and o.exists() \
+            and o.resolve() == Path(source).resolve():
+        raise ValueError(f"--out {o} is {what}; the input model is never overwritten: choose another --out")
+    return o
+
+
 def check_output_file(path: PathLike) -> Path:
     """``path`` as a file to write; a ``ValueError`` when it is a folder or lies under a file."""
     p = Path(path)

@@ -31,7 +31,8 @@ import torch
 from ..data.perturb import perturb_images
 from ..geometry.coords import apply_affine
 
-__all__ = ["TuneConfig", "TuneRow", "TuneResult", "content_points", "consistency", "tune_iters", "save_tuned"]
+__all__ = ["TuneConfig", "TuneRow", "TuneResult", "PerturbedPairs", "content_points", "perturbed_pairs", "consistency",
+           "tune_iters", "save_tuned", "images_for"]
 
 
 @dataclass(frozen=True)
@@ -121,68 +122,81 @@ def content_points(images: torch.Tensor, k: int, gen: torch.Generator) -> torch.
     return torch.stack(out)
 
 
-def consistency(congealer, images: torch.Tensor, cfg: TuneConfig = TuneConfig(), iters: Optional[int] = None) -> TuneRow:
-    """Self-consistency of ``congealer`` (at ``iters`` passes, default its own) on ``images``
-    ``(N, C, H, W)`` in the model's value range: see the module docstring."""
-    from ..metrics.alignment import pck_at
+@dataclass(frozen=True)
+class PerturbedPairs:
+    """Two perturbed copies of each image, content points in copy 1 and where they truly are in copy 2."""
 
+    first: torch.Tensor  # (N, C, S, S)
+    second: torch.Tensor  # (N, C, S, S)
+    src: torch.Tensor  # (N, P, 2) canvas pixels in ``first``
+    gt: torch.Tensor  # (N, P, 2) the same content in ``second``
+    visible: torch.Tensor  # (N, P) bool: inside both canvases
+    canvas: int
+
+
+def perturbed_pairs(images: torch.Tensor, cfg: TuneConfig = TuneConfig()) -> PerturbedPairs:
+    """The known-answer task of :func:`consistency` for square ``images`` ``(N, C, H, H)``, seeded by ``cfg.seed``."""
     n, _, h, w = images.shape
     if h != w:
         raise ValueError(f"images must be square (fit them as `gangealing align` does), got {h}x{w}")
     canvas = int(round(h * (1 + cfg.margin)))
     g = torch.Generator().manual_seed(cfg.seed)
-    c1 = perturb_images(images, canvas, g, max_angle=cfg.max_angle, scale=cfg.scale, max_shift=cfg.max_shift)
-    c2 = perturb_images(images, canvas, g, max_angle=cfg.max_angle, scale=cfg.scale, max_shift=cfg.max_shift)
+    kw = dict(max_angle=cfg.max_angle, scale=cfg.scale, max_shift=cfg.max_shift)
+    c1, c2 = perturb_images(images, canvas, g, **kw), perturb_images(images, canvas, g, **kw)
     pts = content_points(images, cfg.points, g)
     src, gt = apply_affine(pts, c1.to_canvas), apply_affine(pts, c2.to_canvas)
     inside = lambda p: ((p >= -0.5) & (p <= canvas - 0.5)).all(-1)  # noqa: E731
-    vis = inside(src) & inside(gt)
-    saved = congealer.iters
-    congealer.iters = int(iters if iters is not None else saved)
+    return PerturbedPairs(c1.images, c2.images, src, gt, inside(src) & inside(gt), canvas)
+
+
+def consistency(congealer, task: PerturbedPairs, cfg: TuneConfig = TuneConfig(), iters: Optional[int] = None) -> TuneRow:
+    """Self-consistency of ``congealer`` at ``iters`` similarity passes (default: its own) on ``task``
+    (:func:`perturbed_pairs`): see the module docstring."""
+    from ..metrics.alignment import pck_at
+
+    iters = int(iters if iters is not None else congealer.iters)
+    saved, congealer.iters = congealer.iters, iters  # transfer_points reads the predictor's setting
     try:
         t0 = time.time()
-        dev = congealer.device
-        est = torch.cat([congealer.transfer_points(c1.images[s:s + cfg.batch].to(dev), c2.images[s:s + cfg.batch].to(dev),
-                                                   src[s:s + cfg.batch].to(dev)).cpu()
-                         for s in range(0, n, cfg.batch)])
+        dev, b = congealer.device, cfg.batch
+        est = torch.cat([congealer.transfer_points(task.first[s:s + b].to(dev), task.second[s:s + b].to(dev),
+                                                   task.src[s:s + b].to(dev)).cpu()
+                         for s in range(0, task.first.size(0), b)])
         seconds = time.time() - t0
     finally:
         congealer.iters = saved
-    pcks = pck_at(est, gt, vis, canvas, cfg.alphas)
-    err = (est - gt).norm(dim=-1)[vis].mean().item() / canvas if vis.any() else float("nan")
-    return TuneRow(iters=int(iters if iters is not None else saved), pck=dict(zip(cfg.alphas, pcks)), mean_error=err,
-                   points=int(vis.sum()), seconds=seconds)
+    vis, canvas = task.visible, task.canvas
+    pcks = pck_at(est, task.gt, vis, canvas, cfg.alphas)
+    err = (est - task.gt).norm(dim=-1)[vis].mean().item() / canvas if vis.any() else float("nan")
+    return TuneRow(iters=iters, pck=dict(zip(cfg.alphas, pcks)), mean_error=err, points=int(vis.sum()), seconds=seconds)
 
 
 def tune_iters(congealer, images: torch.Tensor, cfg: TuneConfig = TuneConfig(), progress: bool = False) -> TuneResult:
     """Measure every candidate of ``cfg.iters`` on the first ``cfg.images`` of ``images`` and pick the
     one with the best PCK at ``cfg.select_alpha`` (ties: fewest passes). Every candidate sees the same
     perturbations and points. Needs a transformer with a similarity part when a candidate is > 1."""
+    from tqdm import tqdm
+
     if max(cfg.iters) > 1 and congealer.stn.similarity is None:
         raise ValueError("this transformer has no similarity part: only iters 1 applies, nothing to tune")
     images = images[: cfg.images]
     if images.size(0) == 0:
         raise ValueError("no images to measure")
-    from tqdm import tqdm
-
-    rows = []
-    for it in tqdm(sorted(set(cfg.iters)), disable=not progress, desc="iters", unit="candidate", leave=False):
-        rows.append(consistency(congealer, images, cfg, iters=it))
+    task = perturbed_pairs(images, cfg)
+    rows = [consistency(congealer, task, cfg, iters=it)
+            for it in tqdm(sorted(set(cfg.iters)), disable=not progress, desc="iters", unit="candidate", leave=False)]
     best = max(rows, key=lambda r: (r.pck[cfg.select_alpha], -r.iters)).iters
-    return TuneResult(rows=rows, best_iters=best, images=int(images.size(0)),
-                      canvas=int(round(images.size(-1) * (1 + cfg.margin))), config=cfg)
+    return TuneResult(rows=rows, best_iters=best, images=int(images.size(0)), canvas=task.canvas, config=cfg)
 
 
 def save_tuned(source, result: TuneResult, out: Union[str, os.PathLike], *, data: str = "") -> Path:
     """Write a copy of the model ``source`` (path or released name) whose test-time ``iters`` is the
     winner, with the measured table in ``meta["tune"]``. Never the input file."""
     from ..checkpoint import save_checkpoint
+    from ..fileio import check_not_input
     from ..pretrained import resolve_checkpoint
 
-    out = Path(out)
-    if isinstance(source, (str, os.PathLike)) and Path(source).exists() and out.exists() \
-            and out.resolve() == Path(source).resolve():
-        raise ValueError(f"{out} is the input model; it is never overwritten: choose another --out")
+    out = check_not_input(out, source)
     ckpt = resolve_checkpoint(source)
     ckpt.meta = dict(ckpt.meta)
     ckpt.meta["test"] = {**dict(ckpt.meta.get("test") or {}), "iters": int(result.best_iters)}
@@ -204,11 +218,8 @@ def images_for(congealer, source: Union[str, os.PathLike], *, split: str = "trai
         return sorted({int(round(i * (n - 1) / max(count - 1, 1))) for i in range(min(count, n))})
 
     src: Any = source
-    if not is_embedded_name(source) and Path(source).is_dir() and not (Path(source) / MANIFEST).is_file():
-        files = list_images(source)
-        src = [files[i] for i in spread(len(files))]
-    elif not is_embedded_name(source) and not Path(source).exists():
-        files = list_images(source)  # a glob (raises when nothing matches)
+    if not is_embedded_name(source) and not Path(source).is_file() and not (Path(source) / MANIFEST).is_file():
+        files = list_images(source)  # a folder or a glob (raises when nothing matches): read only the picked files
         src = [files[i] for i in spread(len(files))]
     ds = load_refine_images(src, congealer.input_size, split=split, channels=congealer.stn.cfg.image_channels,
                             progress_bar=progress)

@@ -107,13 +107,9 @@ def device(text: str) -> str:
 def new_model_file(out, source: Optional[str], overwrite: bool, source_flag: str = "the input model"):
     """``out`` as the path of a model file to write: never the ``source`` model file, an existing file
     only with ``overwrite``; a ``ValueError`` naming the fix otherwise."""
-    from pathlib import Path
+    from ..fileio import check_not_input, check_output_file
 
-    from ..fileio import check_output_file
-
-    out = Path(out)
-    if source is not None and Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
-        raise ValueError(f"--out {out} is {source_flag}; the input model is never overwritten: choose another --out")
+    out = check_not_input(out, source, source_flag)
     if out.exists() and not overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
     return check_output_file(out)

@@ -441,10 +441,9 @@ def save_refined(result: RefineResult, out: Union[str, os.PathLike], *, cfg: Ref
     ``base``."""
     from ..build import make_checkpoint
     from ..checkpoint import save_checkpoint
+    from ..fileio import check_not_input
 
-    out = Path(out)
-    if base is not None and Path(base).exists() and out.exists() and out.resolve() == Path(base).resolve():
-        raise ValueError(f"--out {out} is the input model; write the refined model to a new file")
+    out = check_not_input(out, base)
     modules = {"stn": result.stn}
     if base_model is not None:
         modules.update(generator=base_model.generator, target=base_model.target)
