@@ -180,6 +180,21 @@ def test_with_input_size_rebuilds_transformer_and_classifier_with_the_same_weigh
     assert c.with_input_size(16) is c
 
 
+def test_with_settings_shares_the_modules_and_leaves_the_predictor_as_it_was():
+    torch.manual_seed(0)
+    stn = tiny_stn(flow_noise=0.5)
+    with torch.no_grad():  # a similarity that is not the identity, so a second pass changes the result
+        for p in stn.similarity.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    c = Congealer(stn, device="cpu", iters=1, padding_mode="border")
+    two = c.with_settings(iters=2, padding_mode="zeros")
+    assert two.stn is c.stn and (two.iters, two.padding_mode, two.flip) == (2, "zeros", c.flip)
+    assert (c.iters, c.padding_mode) == (1, "border")
+    x = images(2, 16, 16)
+    assert not torch.allclose(two.align(x).images, c.align(x).images)
+    torch.testing.assert_close(c.with_settings().align(x).images, c.align(x).images)
+
+
 # -- key points ----------------------------------------------------------------------------------
 
 

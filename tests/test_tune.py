@@ -64,6 +64,8 @@ def test_identical_copies_are_perfectly_consistent_and_moved_copies_are_not():
     cfg = TuneConfig(max_angle=30, scale=(0.8, 1.2), max_shift=0.2, points=8)
     moved = consistency(c, perturbed_pairs(x, cfg), cfg)
     assert moved.pck[0.05] < 0.9 and moved.mean_error > 0.02  # the identity does not undo a perturbation
+    tried = consistency(c, perturbed_pairs(x, cfg), cfg, iters=3)
+    assert tried.iters == 3 and c.iters == 1  # the candidate ran on a copy of the predictor's settings
 
 
 def test_tune_picks_the_best_row_and_saves_a_copy(tmp_path):

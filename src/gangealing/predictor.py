@@ -287,6 +287,15 @@ class Congealer:
                          padding_mode=self.padding_mode, flip=self.flip, output_resolution=self.output_resolution,
                          device=self.device, meta=self.meta)
 
+    def with_settings(self, *, iters: Optional[int] = None, padding_mode: Optional[str] = None,
+                      flip: Optional[bool] = None) -> "Congealer":
+        """This model with other test-time settings: a new predictor that shares the same modules
+        (nothing is copied), so a caller can try a setting without changing the predictor others use."""
+        return Congealer(self.stn, self.classifier, iters=self.iters if iters is None else iters,
+                         padding_mode=self.padding_mode if padding_mode is None else padding_mode,
+                         flip=self.flip if flip is None else flip, output_resolution=self.output_resolution,
+                         device=self.device, meta=self.meta)
+
     # -- properties --------------------------------------------------------------------------
 
     @property

@@ -82,8 +82,6 @@ def _flip_inference_possible(congealer) -> bool:
 
 def _fns(congealer, flip: bool, permutation, legacy: bool):
     """(transfer_fn, pick_fn) for :func:`evaluate_pck_transfer`."""
-    from ..predictor import Congealer
-
     if congealer.num_clusters > 1:
         # Clusters (and mirrors) come from the classifier; the predictor relabels mirrored points.
         def transfer_routed(src, dst, pts):
@@ -91,8 +89,7 @@ def _fns(congealer, flip: bool, permutation, legacy: bool):
 
         return transfer_routed, None
     # The matching below decides the mirrors; the transformer itself must not flip again.
-    plain = Congealer(congealer.stn, None, iters=congealer.iters, padding_mode=congealer.padding_mode, flip=False,
-                      device=congealer.device)
+    plain = congealer.with_settings(flip=False)
 
     def transfer(src, dst, pts):
         return plain.transfer_points(src, dst, pts, legacy=legacy)

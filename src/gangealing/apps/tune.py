@@ -155,16 +155,13 @@ def consistency(congealer, task: PerturbedPairs, cfg: TuneConfig = TuneConfig(),
     from ..metrics.alignment import pck_at
 
     iters = int(iters if iters is not None else congealer.iters)
-    saved, congealer.iters = congealer.iters, iters  # transfer_points reads the predictor's setting
-    try:
-        t0 = time.time()
-        dev, b = congealer.device, cfg.batch
-        est = torch.cat([congealer.transfer_points(task.first[s:s + b].to(dev), task.second[s:s + b].to(dev),
-                                                   task.src[s:s + b].to(dev)).cpu()
-                         for s in range(0, task.first.size(0), b)])
-        seconds = time.time() - t0
-    finally:
-        congealer.iters = saved
+    tried = congealer.with_settings(iters=iters)  # shares the modules; the caller's predictor is untouched
+    t0 = time.time()
+    dev, b = tried.device, cfg.batch
+    est = torch.cat([tried.transfer_points(task.first[s:s + b].to(dev), task.second[s:s + b].to(dev),
+                                           task.src[s:s + b].to(dev)).cpu()
+                     for s in range(0, task.first.size(0), b)])
+    seconds = time.time() - t0
     vis, canvas = task.visible, task.canvas
     pcks = pck_at(est, task.gt, vis, canvas, cfg.alphas)
     err = (est - task.gt).norm(dim=-1)[vis].mean().item() / canvas if vis.any() else float("nan")
