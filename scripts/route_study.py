@@ -6,7 +6,8 @@ the clustering model's classifier (BENCHMARKS.md section 3).
 Each digit is congealed by every head (K aligned copies) and the head whose output is closest to its
 own GAN target wins: training's hard min-assignment applied to real images, at K times the cost of
 the classifier. Prints the Hungarian accuracy of the classifier and of this routing under pixel L2
-and MobileNetV2 distances.
+and MobileNetV2 distances; a model without a classifier yet (straight from `gangealing train`) gets
+only the routing rows.
 """
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ def main() -> None:
     by_classifier, dists = [], {name: [] for name in losses}
     for s in range(0, len(images), args.batch):
         chunk = images[s:s + args.batch]
-        x, _ = c.prepare(chunk)
-        by_classifier.append(c.route(x)[0])
+        if c.classifier is not None:  # a model straight from `train` has none yet: min-distance rows only
+            by_classifier.append(c.route(c.prepare(chunk)[0])[0])
         per_head = {name: [] for name in losses}
         for h in range(k):
             out = c.align(chunk, cluster=h).images  # (B, C, R, R)
@@ -55,7 +56,8 @@ def main() -> None:
         for name in losses:
             dists[name].append(torch.stack(per_head[name], 1))  # (B, K)
     print(f"{len(images)} digits, {time.time() - t0:.1f} s")
-    print("classifier", round(hungarian_accuracy(torch.cat(by_classifier).numpy(), labels), 3))
+    if by_classifier:
+        print("classifier", round(hungarian_accuracy(torch.cat(by_classifier).numpy(), labels), 3))
     for name in losses:
         pred = torch.cat(dists[name]).argmin(1).numpy()
         print(f"min {name} distance to the head's target", round(hungarian_accuracy(pred, labels), 3))
