@@ -163,7 +163,8 @@ def test_markdown_of_a_result():
     md = B.to_markdown(res, "gangealing bench")
     assert "| d | no alignment | 3 | 0.500 | – |" in md and "0.979" in md and "not found (skipped): x" in md
     assert "| d | refine | 3 | 0.700 | 80.0 s (900 images, 160 images/s) |" in md  # the cost of a fitted row
-    assert "m, test images per cluster (cluster: images, most common label and its share): 0: 3, 4s 100%; 1: 2, 2s 50%; 2: 0." in md
+    assert "m (classifier), test images per cluster (cluster: images, most common label and its share): 0: 3, 4s 100%; 1: 2, 2s 50%; 2: 0." in md
+    assert "| m | classifier | 10 | 5 | 0.900 | 0.979 |" in md
 
 
 @pytest.mark.slow

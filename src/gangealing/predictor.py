@@ -30,8 +30,10 @@ Flips and clusters
 A single-cluster model with a flow decides per image whether to align the image or its mirror
 (``flip=True``: the one with the smoother residual flow, the original's flip inference). A
 clustering model routes every image through its cluster classifier, which also says whether to
-mirror it; a clustering checkpoint without a classifier cannot route and raises a
-:class:`~gangealing.checkpoint.CheckpointError` (pass ``cluster=`` to force one). Where an image was
+mirror it, or, with ``routing="targets"`` (:mod:`gangealing.routing`, an extension), to the head
+whose congealed image is nearest that head's GAN target, as training assigns generated samples;
+a clustering checkpoint without a classifier cannot route through one and raises a
+:class:`~gangealing.checkpoint.CheckpointError` (pass ``cluster=`` to force one, or route by targets). Where an image was
 mirrored, ``images`` and ``flow`` are those of the mirror, while ``grid`` and ``matrix`` address the
 unmirrored original (their x is negated), so ``grid_sample(original, grid)`` always reproduces
 ``images``.
@@ -40,12 +42,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, CheckpointError
+
+if TYPE_CHECKING:
+    from .routing import TargetRouter
 
 Device = Union[str, torch.device, None]
 
@@ -204,15 +209,38 @@ def _negate_x_row(m: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 
 
+def _target_router(model, ckpt: Checkpoint, loss: Optional[str], device: torch.device) -> "TargetRouter":
+    """The nearest-target router of a clustering model loaded with its generator."""
+    from .routing import TargetRouter
+
+    if model.generator is None or model.target is None:
+        raise CheckpointError("routing by GAN targets needs the generator and the target latents in the checkpoint; "
+                              "this one has none: use its cluster classifier (--route classifier)")
+    train = dict(ckpt.meta.get("train") or {})
+    loss = loss or train.get("loss")
+    if not loss:
+        from .losses.perceptual import DEFAULT_PERCEPTUAL_LOSS
+
+        loss = DEFAULT_PERCEPTUAL_LOSS
+    return TargetRouter.from_model(model.generator, model.target, int(model.stn.cfg.flow_size), loss=loss,
+                                   flips=bool(train.get("flips", False)), device=device)
+
+
 class Congealer:
     """A trained GANgealing model on one device, applied to real images (see the module docstring)."""
 
     def __init__(self, stn: torch.nn.Module, classifier: Optional[torch.nn.Module] = None, *,
                  iters: int = 1, padding_mode: str = "border", flip: Optional[bool] = None,
-                 output_resolution: Optional[int] = None, device: Device = None, meta: Optional[dict] = None):
+                 output_resolution: Optional[int] = None, device: Device = None, meta: Optional[dict] = None,
+                 router: Optional["TargetRouter"] = None):
         self.device = torch.device(device) if device is not None else next(stn.parameters()).device
         self.stn = stn.to(self.device).eval()
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
+        # Nearest-target routing (gangealing.routing); when set it routes instead of the classifier.
+        self.router = router.to(self.device) if router is not None else None
+        if self.router is not None and self.router.num_clusters != self.num_clusters:
+            raise ValueError(f"the router has {self.router.num_clusters} targets but the model has "
+                             f"{self.num_clusters} clusters")
         self.iters = int(iters)
         self.padding_mode = padding_mode
         has_flow = self.stn.flow_net is not None
@@ -228,22 +256,31 @@ class Congealer:
     @classmethod
     def from_checkpoint(cls, source: Union[str, os.PathLike, Checkpoint], *, device: Device = None,
                         iters: Optional[int] = None, padding_mode: Optional[str] = None, flip: Optional[bool] = None,
-                        output_resolution: Optional[int] = None, input_size: Optional[int] = None) -> "Congealer":
+                        output_resolution: Optional[int] = None, input_size: Optional[int] = None,
+                        routing: str = "classifier", route_loss: Optional[str] = None) -> "Congealer":
         """Load a model from a path (ours or any format :func:`gangealing.io.import_checkpoint` reads),
         a :class:`Checkpoint`, or a released model name (:mod:`gangealing.pretrained`).
 
         The checkpoint's test-time settings (``meta["test"]``: ``iters``, ``padding_mode``, ``flip``)
         apply unless given here. ``device`` defaults to the first GPU when there is one, else CPU.
         ``input_size``: feed the transformer at this size instead of the one it was trained at (see
-        :meth:`with_input_size`).
+        :meth:`with_input_size`). ``routing``: how a clustering model picks each image's cluster,
+        ``"classifier"`` (the original's) or ``"targets"`` (nearest GAN target, :mod:`gangealing.routing`;
+        needs the generator in the checkpoint; ``route_loss`` defaults to the model's training loss).
         """
         from .build import load_model
         from .pretrained import resolve_checkpoint
 
+        from .routing import ROUTINGS
+
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         ckpt = resolve_checkpoint(source)
         dev = torch.device(device) if device is not None else default_device()
-        model = load_model(ckpt, device=dev, with_generator=False)
+        by_targets = routing == "targets" and int(ckpt.config.get("stn", {}).get("num_heads", 1)) > 1
+        model = load_model(ckpt, device=dev, with_generator=by_targets)
         test = dict(ckpt.meta.get("test") or {})
+        router = _target_router(model, ckpt, route_loss, dev) if by_targets else None
         congealer = cls(
             model.stn,
             model.classifier,
@@ -253,6 +290,7 @@ class Congealer:
             output_resolution=output_resolution,
             device=dev,
             meta=ckpt.meta,
+            router=router,
         )
         return congealer if input_size is None else congealer.with_input_size(input_size)
 
@@ -285,7 +323,7 @@ class Congealer:
 
         return Congealer(rebuilt("stn", self.stn), rebuilt("classifier", self.classifier), iters=self.iters,
                          padding_mode=self.padding_mode, flip=self.flip, output_resolution=self.output_resolution,
-                         device=self.device, meta=self.meta)
+                         device=self.device, meta=self.meta, router=self.router)
 
     def with_settings(self, *, iters: Optional[int] = None, padding_mode: Optional[str] = None,
                       flip: Optional[bool] = None) -> "Congealer":
@@ -294,7 +332,7 @@ class Congealer:
         return Congealer(self.stn, self.classifier, iters=self.iters if iters is None else iters,
                          padding_mode=self.padding_mode if padding_mode is None else padding_mode,
                          flip=self.flip if flip is None else flip, output_resolution=self.output_resolution,
-                         device=self.device, meta=self.meta)
+                         device=self.device, meta=self.meta, router=self.router)
 
     # -- properties --------------------------------------------------------------------------
 
@@ -322,12 +360,13 @@ class Congealer:
         return int(r) if r is not None else self.flow_size
 
     def require_routing(self) -> None:
-        """Raise a clear error when a clustering model has no classifier to route images with."""
-        if self.num_clusters > 1 and self.classifier is None:
+        """Raise a clear error when a clustering model has no classifier (nor router) to route images with."""
+        if self.num_clusters > 1 and self.classifier is None and self.router is None:
             raise CheckpointError(
                 f"this clustering model ({self.num_clusters} clusters) has no cluster classifier, so real images "
                 "cannot be routed to a cluster; train one with `gangealing train-classifier` (or use a checkpoint "
-                "that includes it), or pick a cluster explicitly (cluster=K / --cluster K)")
+                "that includes it), route by the GAN targets instead (routing='targets' / --route targets), "
+                "or pick a cluster explicitly (cluster=K / --cluster K)")
 
     def check_cluster(self, cluster: Union[int, torch.Tensor, None]) -> None:
         """Raise a ``ValueError`` naming the valid range when ``cluster`` is not one of this model's."""
@@ -356,17 +395,23 @@ class Congealer:
     # -- routing and the transformer ---------------------------------------------------------
 
     def route(self, x: torch.Tensor, cluster: Union[int, torch.Tensor, None] = None) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-        """Cluster ``(N,)`` (None for one cluster) and mirror flags ``(N,)`` from the classifier.
+        """Cluster ``(N,)`` (None for one cluster) and mirror flags ``(N,)`` from the classifier, or
+        from the nearest GAN target when the predictor has a :attr:`router`.
 
         ``x`` is transformer input ``(N, C, S, S)``. ``cluster`` forces a cluster (int or ``(N,)``);
         the classifier, when present, then only decides the mirror (the larger of the two logits
-        of that cluster), as the original's ``run_flip_target``.
+        of that cluster), as the original's ``run_flip_target`` (a flips router: the nearer orientation).
         """
         n = x.size(0)
         no_flip = torch.zeros(n, dtype=torch.bool, device=x.device)
         self.check_cluster(cluster)
         if self.num_clusters == 1:
             return None, no_flip
+        if self.router is not None:
+            cl = None if cluster is None else torch.as_tensor(cluster, dtype=torch.long, device=x.device).expand(n).clone()
+            if cl is not None and not self.router.flips:
+                return cl, no_flip
+            return self.router.route(self.stn, x, cl, iters=self.iters, padding_mode=self.padding_mode)
         if cluster is not None:
             cl = torch.as_tensor(cluster, dtype=torch.long, device=x.device).expand(n).clone()
             if self.classifier is None or not self.classifier.cfg.flips:

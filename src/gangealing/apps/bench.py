@@ -19,7 +19,8 @@ Three measures (issue 5), each beside its baselines (no alignment; classic conge
    digits of one class, whose true correspondence is MNIST's own centred frame (the same 28 px
    position). PCK at ``alpha * canvas``.
 3. **MNIST clustering.** The accuracy of routing the test set through a K-cluster model's
-   classifier, under the best one-to-one matching of clusters to labels (Hungarian).
+   classifier, under the best one-to-one matching of clusters to labels (Hungarian); and of
+   routing the first ``route_images`` test digits to the nearest GAN target (:mod:`gangealing.routing`).
 
 Speed: alignment throughput (images/s) of :meth:`gangealing.predictor.Congealer.align` here.
 
@@ -80,6 +81,9 @@ class BenchConfig:
     points: int = 10  # stroke points per digit
     alphas: Tuple[float, ...] = (0.1, 0.05)
     cluster_images: int = 10_000  # MNIST test images routed for clustering accuracy
+    # The first MNIST test images also routed by the nearest GAN target (gangealing.routing: K
+    # transformer passes per image, about 10x the classifier's cost); 0 = not measured.
+    route_images: int = 2000
     throughput_images: int = 200
     mask_resolution: int = 64  # congealed-frame resolution for mask transfer
     classic: bool = True  # classic congealing, and gradient congealing (rigid, and with a per-image flow)
@@ -294,9 +298,10 @@ def _pck_rows(cfg: BenchConfig, digit: str, congealers: Dict[str, Any], entries:
     return rows
 
 
-def _cluster_rows(cfg: BenchConfig, name: str, c, entries: Dict[str, ModelEntry], batch: int = 500) -> Dict[str, Any]:
+def _cluster_rows(cfg: BenchConfig, name: str, c, entries: Dict[str, ModelEntry], count: int,
+                  batch: int = 500) -> Dict[str, Any]:
     digits, labels = mnist_test_set()
-    digits, labels = digits[: cfg.cluster_images], labels[: cfg.cluster_images]
+    digits, labels = digits[:count], labels[:count]
     images = digits_as_images(digits)
     preds = []
     with torch.no_grad():
@@ -305,10 +310,34 @@ def _cluster_rows(cfg: BenchConfig, name: str, c, entries: Dict[str, ModelEntry]
             cl, _ = c.route(x)
             preds.append(cl.cpu())
     pred = torch.cat(preds).numpy()
-    return dict(dataset="mnist (test)", model=name, method=entries[name].label, images=int(len(pred)),
+    routing = "classifier" if c.router is None else f"nearest GAN target ({c.router.loss})"
+    return dict(dataset="mnist (test)", model=name, method=entries[name].label, routing=routing, images=int(len(pred)),
                 clusters=c.num_clusters, accuracy=hungarian_accuracy(pred, labels),
                 reference="DTI-clustering (published)", reference_accuracy=DTI_CLUSTERING_MNIST,
                 composition=cluster_composition(pred, labels, c.num_clusters))
+
+
+def _load_model(path, device):
+    """A model file's predictor; a clustering model without a classifier routes by its GAN targets."""
+    from ..predictor import Congealer
+
+    c = Congealer.from_checkpoint(path, device=device)
+    if c.num_clusters > 1 and c.classifier is None:
+        return _target_routed(str(path), device) or c
+    return c
+
+
+def _target_routed(path: str, device):
+    """The clustering model at ``path`` routing by its GAN targets; None when its file has no generator."""
+    from ..checkpoint import CheckpointError
+    from ..predictor import Congealer
+
+    if not Path(path).is_file():
+        return None
+    try:
+        return Congealer.from_checkpoint(path, device=device, routing="targets")
+    except CheckpointError:
+        return None
 
 
 def _throughput(name: str, c, images: torch.Tensor, batch: int = 100) -> Dict[str, Any]:
@@ -373,8 +402,6 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
     """
     from tqdm import tqdm
 
-    from ..predictor import Congealer
-
     t_start = time.time()
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(MODELS))
@@ -392,7 +419,7 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
                 found[n] = Path(p)
                 missing = [m for m in missing if m != n]
         found.update({n: Path(e.path) for n, e in extra.items()})
-        congealers = {n: Congealer.from_checkpoint(p, device=device) for n, p in found.items()}
+        congealers = {n: _load_model(p, device) for n, p in found.items()}
         paths = {n: str(p) for n, p in found.items()}
     else:
         unknown = sorted(set(congealers) - set(entries))
@@ -418,8 +445,13 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
         for d in digits:
             res.mnist_pck += _pck_rows(cfg, d, congealers, entries, tick, templates)
         for n, c in congealers.items():
-            if entries[n].dataset == "mnist" and c.num_clusters > 1 and c.classifier is not None:
-                res.clustering.append(_cluster_rows(cfg, n, c, entries))
+            if entries[n].dataset != "mnist" or c.num_clusters == 1:
+                continue
+            if c.router is None and c.classifier is not None:
+                res.clustering.append(_cluster_rows(cfg, n, c, entries, cfg.cluster_images))
+            routed = c if c.router is not None else _target_routed(paths[n], device) if cfg.route_images else None
+            if routed is not None and cfg.route_images:
+                res.clustering.append(_cluster_rows(cfg, n, routed, entries, cfg.route_images))
         tick()
         for n, c in congealers.items():
             if entries[n].dataset == "animals":
@@ -500,13 +532,14 @@ def to_markdown(res: BenchResult, command: str = "") -> str:
         out.append("")
     if res.clustering:
         out += ["## 3. MNIST clustering accuracy (Hungarian matching)", "",
-                "| model | clusters | test images | accuracy | DTI-clustering (published) |", "| --- | --- | --- | --- | --- |"]
-        out += [f"| {r['model']} | {r['clusters']} | {r['images']} | {_f(r['accuracy'])} | {_f(r['reference_accuracy'])} |"
-                for r in res.clustering]
+                "| model | routing | clusters | test images | accuracy | DTI-clustering (published) |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {r['model']} | {r.get('routing', 'classifier')} | {r['clusters']} | {r['images']} | "
+                f"{_f(r['accuracy'])} | {_f(r['reference_accuracy'])} |" for r in res.clustering]
         out.append("")
         for r in res.clustering:
             if r.get("composition"):  # which digits each cluster holds: where the accuracy is lost
-                out += [f"{r['model']}, test images per cluster (cluster: images, most common label and its share): "
+                out += [f"{r['model']} ({r.get('routing', 'classifier')}), test images per cluster (cluster: images, most common label and its share): "
                         + "; ".join(f"{q['cluster']}: {q['images']}" + ("" if q["label"] is None else
                                     f", {q['label']}s {q['share'] * 100:.0f}%") for q in r["composition"]) + ".", ""]
     if res.throughput:

@@ -37,6 +37,19 @@ def add_test_settings(p: argparse.ArgumentParser, input_size_default: str = "the
                         f"default: {input_size_default})")
 
 
+def add_routing_args(p: argparse.ArgumentParser) -> None:
+    """How a clustering model picks each image's cluster: --route, --route-loss."""
+    from ..losses.perceptual import PERCEPTUAL_LOSSES
+    from ..routing import ROUTINGS
+
+    p.add_argument("--route", choices=ROUTINGS, default="classifier",
+                   help="clustering models: route each image with the cluster classifier (the original's), or to the "
+                        "head whose congealed image is nearest that head's GAN target, as training assigns samples "
+                        "(no classifier needed; K transformer passes per image; needs the generator in the checkpoint)")
+    p.add_argument("--route-loss", choices=PERCEPTUAL_LOSSES, default=None,
+                   help="distance of --route targets (default: the loss the model was trained with)")
+
+
 def add_model_args(p: argparse.ArgumentParser, *, resolution: bool = True,
                    input_size_default: str = "the size the model was trained at", backend: bool = False) -> None:
     """Flags shared by the commands that apply a trained model to real images."""
@@ -50,6 +63,7 @@ def add_model_args(p: argparse.ArgumentParser, *, resolution: bool = True,
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (per process)")
     p.add_argument("--device", type=device, default=None,
                    help="cpu, cuda, cuda:1 (default: this process's GPU if there is one, else cpu)")
+    add_routing_args(p)
     if backend:
         p.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch",
                        help="run the transformer with PyTorch, or export it and run it with onnxruntime (the 'onnx' "
@@ -66,6 +80,12 @@ def load_congealer(args: argparse.Namespace):
     dist = init_distributed(args.device)
     device = getattr(dist, "device", None) or args.device or "cpu"
     backend = getattr(args, "backend", "torch")
+    routing = getattr(args, "route", "classifier")
+    if routing == "targets":
+        if backend == "onnx" or str(args.ckpt).lower().endswith(".onnx"):
+            raise ValueError("--route targets needs the generator and runs with PyTorch; use the model checkpoint "
+                             "with --backend torch (or route with the classifier)")
+        backend = "torch"
     if backend != "torch" or str(args.ckpt).lower().endswith(".onnx"):
         from ..export import load_backend
 
@@ -74,7 +94,8 @@ def load_congealer(args: argparse.Namespace):
             return congealer, dist
     congealer = Congealer.from_checkpoint(args.ckpt, device=device, iters=args.iters, padding_mode=args.padding_mode,
                                           flip=args.flip, output_resolution=getattr(args, "output_resolution", None),
-                                          input_size=args.input_size)
+                                          input_size=args.input_size, routing=routing,
+                                          route_loss=getattr(args, "route_loss", None))
     return congealer, dist
 
 

@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--digits", type=int, default=d.mnist_digits, help="MNIST test digits for PCK")
     p.add_argument("--canvas", type=int, default=d.canvas, help="side of the MNIST perturbation canvas (px)")
     p.add_argument("--cluster-images", type=int, default=d.cluster_images, help="MNIST test images routed for clustering accuracy")
+    p.add_argument("--route-images", type=int, default=d.route_images,
+                   help="first MNIST test images also routed by each clustering model's nearest GAN target (K "
+                        "transformer passes per image; models whose file holds the generator; 0 to skip)")
     p.add_argument("--throughput-images", type=int, default=d.throughput_images, help="images timed per model")
     p.add_argument("--no-classic", action="store_true", help="skip the congealing baselines (classic and gradient)")
     p.add_argument("--no-refine", action="store_true",
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.bench import BenchConfig, run_bench, to_markdown, write_results
 
     cfg = BenchConfig(pairs=args.pairs, animal_classes=tuple(args.classes), mnist_digits=args.digits, canvas=args.canvas,
-                      cluster_images=args.cluster_images, throughput_images=args.throughput_images,
+                      cluster_images=args.cluster_images, route_images=args.route_images, throughput_images=args.throughput_images,
                       classic=not args.no_classic, seed=args.seed, refine=not args.no_refine,
                       refine_steps=args.refine_steps, inductive_classes=tuple(args.inductive_classes), generators=not args.no_generators,
                       generator_samples=args.generator_samples,
