@@ -91,10 +91,10 @@ def model_file(tmp_path, meta=None, generator=True):
 
 def test_a_clustering_model_without_classifier_routes_by_its_targets(tmp_path):
     path = model_file(tmp_path)
-    plain = Congealer.from_checkpoint(path, device="cpu")
+    plain = Congealer.from_checkpoint(path, device="cpu", routing="classifier")
     with pytest.raises(CheckpointError, match="--route targets"):
         plain.align(torch.zeros(1, 3, S, S))
-    c = Congealer.from_checkpoint(path, device="cpu", routing="targets")
+    c = Congealer.from_checkpoint(path, device="cpu")  # no classifier, a generator: routes by targets
     assert c.router.loss == "l2" and not c.router.flips
     from gangealing.build import load_model
 
@@ -135,8 +135,9 @@ def test_align_routes_by_targets_from_the_command_line(tmp_path):
         arr = ((t[h].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
         Image.fromarray(arr).save(d / f"{i}.png")
     out = tmp_path / "out"
-    assert main(["align", str(d), "--ckpt", str(path), "--out", str(out), "--device", "cpu"]) == 1  # no classifier
-    assert main(["align", str(d), "--ckpt", str(path), "--out", str(out), "--device", "cpu", "--route", "targets"]) == 0
+    assert main(["align", str(d), "--ckpt", str(path), "--out", str(out), "--device", "cpu",
+                 "--route", "classifier"]) == 1  # there is none
+    assert main(["align", str(d), "--ckpt", str(path), "--out", str(out), "--device", "cpu"]) == 0
     rows = json.loads((out / "results.json").read_text())["images"]
     assert [r["cluster"] for r in rows] == [1, 0]
     assert main(["align", str(d), "--ckpt", str(path), "--out", str(tmp_path / "o2"), "--device", "cpu",

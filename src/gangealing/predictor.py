@@ -257,7 +257,7 @@ class Congealer:
     def from_checkpoint(cls, source: Union[str, os.PathLike, Checkpoint], *, device: Device = None,
                         iters: Optional[int] = None, padding_mode: Optional[str] = None, flip: Optional[bool] = None,
                         output_resolution: Optional[int] = None, input_size: Optional[int] = None,
-                        routing: str = "classifier", route_loss: Optional[str] = None) -> "Congealer":
+                        routing: Optional[str] = None, route_loss: Optional[str] = None) -> "Congealer":
         """Load a model from a path (ours or any format :func:`gangealing.io.import_checkpoint` reads),
         a :class:`Checkpoint`, or a released model name (:mod:`gangealing.pretrained`).
 
@@ -267,19 +267,25 @@ class Congealer:
         :meth:`with_input_size`). ``routing``: how a clustering model picks each image's cluster,
         ``"classifier"`` (the original's) or ``"targets"`` (nearest GAN target, :mod:`gangealing.routing`;
         needs the generator in the checkpoint; ``route_loss`` defaults to the model's training loss).
+        Default: the checkpoint's ``meta["test"]["routing"]``, else the classifier, or the targets
+        when the checkpoint has no classifier but has the generator (a model straight from ``train``).
         """
         from .build import load_model
         from .pretrained import resolve_checkpoint
 
         from .routing import ROUTINGS
 
-        if routing not in ROUTINGS:
-            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         ckpt = resolve_checkpoint(source)
-        dev = torch.device(device) if device is not None else default_device()
-        by_targets = routing == "targets" and int(ckpt.config.get("stn", {}).get("num_heads", 1)) > 1
-        model = load_model(ckpt, device=dev, with_generator=by_targets)
         test = dict(ckpt.meta.get("test") or {})
+        routing = routing if routing is not None else test.get("routing")
+        if routing is not None and routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        clusters = int(ckpt.config.get("stn", {}).get("num_heads", 1))
+        if routing is None:  # the stated automatic choice: what this checkpoint can route with
+            routing = "targets" if "classifier" not in ckpt.config and "generator" in ckpt.config else "classifier"
+        dev = torch.device(device) if device is not None else default_device()
+        by_targets = routing == "targets" and clusters > 1
+        model = load_model(ckpt, device=dev, with_generator=by_targets)
         router = _target_router(model, ckpt, route_loss, dev) if by_targets else None
         congealer = cls(
             model.stn,

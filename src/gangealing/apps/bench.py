@@ -317,25 +317,15 @@ def _cluster_rows(cfg: BenchConfig, name: str, c, entries: Dict[str, ModelEntry]
                 composition=cluster_composition(pred, labels, c.num_clusters))
 
 
-def _load_model(path, device):
-    """A model file's predictor; a clustering model without a classifier routes by its GAN targets."""
-    from ..predictor import Congealer
-
-    c = Congealer.from_checkpoint(path, device=device)
-    if c.num_clusters > 1 and c.classifier is None:
-        return _target_routed(str(path), device) or c
-    return c
-
-
-def _target_routed(path: str, device):
-    """The clustering model at ``path`` routing by its GAN targets; None when its file has no generator."""
+def _routed(path: str, device, routing: str):
+    """The clustering model at ``path`` with ``routing``; None when it has no file or cannot route so."""
     from ..checkpoint import CheckpointError
     from ..predictor import Congealer
 
     if not Path(path).is_file():
         return None
     try:
-        return Congealer.from_checkpoint(path, device=device, routing="targets")
+        return Congealer.from_checkpoint(path, device=device, routing=routing)
     except CheckpointError:
         return None
 
@@ -402,6 +392,8 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
     """
     from tqdm import tqdm
 
+    from ..predictor import Congealer
+
     t_start = time.time()
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(MODELS))
@@ -419,7 +411,7 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
                 found[n] = Path(p)
                 missing = [m for m in missing if m != n]
         found.update({n: Path(e.path) for n, e in extra.items()})
-        congealers = {n: _load_model(p, device) for n, p in found.items()}
+        congealers = {n: Congealer.from_checkpoint(p, device=device) for n, p in found.items()}
         paths = {n: str(p) for n, p in found.items()}
     else:
         unknown = sorted(set(congealers) - set(entries))
@@ -447,11 +439,13 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
         for n, c in congealers.items():
             if entries[n].dataset != "mnist" or c.num_clusters == 1:
                 continue
-            if c.router is None and c.classifier is not None:
-                res.clustering.append(_cluster_rows(cfg, n, c, entries, cfg.cluster_images))
-            routed = c if c.router is not None else _target_routed(paths[n], device) if cfg.route_images else None
-            if routed is not None and cfg.route_images:
-                res.clustering.append(_cluster_rows(cfg, n, routed, entries, cfg.route_images))
+            # Each routing the model can use: its classifier on all the digits, its targets on the first ones.
+            by_classifier = c if c.router is None else _routed(paths[n], device, "classifier")
+            if by_classifier is not None and by_classifier.classifier is not None:
+                res.clustering.append(_cluster_rows(cfg, n, by_classifier, entries, cfg.cluster_images))
+            by_targets = c if c.router is not None else _routed(paths[n], device, "targets")
+            if by_targets is not None and cfg.route_images:
+                res.clustering.append(_cluster_rows(cfg, n, by_targets, entries, cfg.route_images))
         tick()
         for n, c in congealers.items():
             if entries[n].dataset == "animals":

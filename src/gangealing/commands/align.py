@@ -42,10 +42,11 @@ def add_routing_args(p: argparse.ArgumentParser) -> None:
     from ..losses.perceptual import PERCEPTUAL_LOSSES
     from ..routing import ROUTINGS
 
-    p.add_argument("--route", choices=ROUTINGS, default="classifier",
+    p.add_argument("--route", choices=ROUTINGS, default=None,
                    help="clustering models: route each image with the cluster classifier (the original's), or to the "
                         "head whose congealed image is nearest that head's GAN target, as training assigns samples "
-                        "(no classifier needed; K transformer passes per image; needs the generator in the checkpoint)")
+                        "(no classifier needed; K transformer passes per image; needs the generator in the checkpoint). "
+                        "Default: the checkpoint's test setting, else the classifier when it has one, else targets")
     p.add_argument("--route-loss", choices=PERCEPTUAL_LOSSES, default=None,
                    help="distance of --route targets (default: the loss the model was trained with)")
 
@@ -80,7 +81,7 @@ def load_congealer(args: argparse.Namespace):
     dist = init_distributed(args.device)
     device = getattr(dist, "device", None) or args.device or "cpu"
     backend = getattr(args, "backend", "torch")
-    routing = getattr(args, "route", "classifier")
+    routing = getattr(args, "route", None)
     if routing == "targets":
         if backend == "onnx" or str(args.ckpt).lower().endswith(".onnx"):
             raise ValueError("--route targets needs the generator and runs with PyTorch; use the model checkpoint "
