@@ -168,7 +168,7 @@ _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}im
 
 def _digit_section(name: str, c, fig: Callable[..., str], num_images: int, display: int, seed: int) -> str:
     """The HTML of one MNIST model: the clusters of a clustering model (test digits routed by its
-    classifier), or, for a one-digit model, held-out digits under random similarities (rotation up
+    classifier or its GAN targets), or, for a one-digit model, held-out digits under random similarities (rotation up
     to 45 degrees, scale 0.7-1.3, shifts up to 15%, the benchmark's) before and after alignment."""
     from ..data.perturb import perturb_digits
 
@@ -176,14 +176,15 @@ def _digit_section(name: str, c, fig: Callable[..., str], num_images: int, displ
     parts: List[str] = []
     if c.num_clusters > 1:
         digits, labels = mnist_test_set()
-        digits, labels = digits[:1000], labels[:1000]
+        n = 1000 if c.router is None else 200  # routing by targets costs K transformer passes per digit
+        digits, labels = digits[:n], labels[:n]
         images = digits_as_images(digits)
         res = c.align(images, output_resolution=display)
         cl = res.cluster.cpu()
         for k in range(c.num_clusters):
             sel = torch.nonzero(cl == k).flatten()
             if sel.numel() == 0:
-                parts.append(f"<p>cluster {k}: none of the 1,000 test digits routed here</p>")
+                parts.append(f"<p>cluster {k}: none of the {n:,} test digits routed here</p>")
                 continue
             top = torch.bincount(torch.as_tensor(labels)[sel].long(), minlength=10)
             caption = (f"cluster {k}: {sel.numel()} digits, {int(top.max())} of them {int(top.argmax())}s; "
@@ -191,7 +192,8 @@ def _digit_section(name: str, c, fig: Callable[..., str], num_images: int, displ
             shown = sel[:8]
             row = torch.cat([_upscale(images[shown], display), res.images[shown], res.images[sel].mean(0, keepdim=True)])
             parts.append(fig(row, f"{name}_cluster{k}.png", caption, row.size(0)))
-        intro = (f"<p>The first 1,000 MNIST test digits routed by the cluster classifier to {c.num_clusters} "
+        how = "the cluster classifier" if c.router is None else "the nearest GAN target (no classifier)"
+        intro = (f"<p>The first {n:,} MNIST test digits routed by {how} to {c.num_clusters} "
                  "clusters, each congealed by its own head.</p>")
     else:
         digit = MODELS[name].classes[0]
