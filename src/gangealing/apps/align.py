@@ -226,12 +226,16 @@ def write_skipped(out_dir: Path, skipped: Sequence[Dict[str, str]]) -> None:
 
 
 def write_csv(path: Path, records: Sequence[Dict[str, Any]], cols: Sequence[str]) -> None:
-    """One row per record, the columns ``cols`` (missing or None values empty)."""
-    with open(path, "w", newline="") as f:
+    """One row per record, the columns ``cols`` (missing or None values empty); written atomically."""
+    from ..fileio import atomic_write
+
+    def write(f) -> None:
         wr = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         wr.writeheader()
         for r in records:
             wr.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
+
+    atomic_write(path, write, binary=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,8 +355,9 @@ def _write_tables(records: List[Dict[str, Any]], out_dir: Path, grid_units: str,
                                + ("normalised, align_corners=False" if grid_units == "normalized"
                                   else "input pixels, centres at integers"),
             "images": records}
-    with open(out_dir / "results.json", "w") as f:
-        json.dump(meta, f, indent=1)
+    from ..fileio import atomic_write
+
+    atomic_write(out_dir / "results.json", lambda f: json.dump(meta, f, indent=1), binary=False)
 
 
 class _NoBar:

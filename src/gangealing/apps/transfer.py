@@ -187,8 +187,10 @@ def transfer_keypoints(congealer, image_a: Union[str, os.PathLike], image_b: Uni
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         points_path = out / f"{Path(image_b).stem}_points.json"
-        with open(points_path, "w") as f:
-            json.dump(out_kp.to_json(in_image=inside, image=str(image_b), width=w, height=h, source=str(image_a)), f, indent=1)
+        from ..fileio import atomic_write
+
+        doc = out_kp.to_json(in_image=inside, image=str(image_b), width=w, height=h, source=str(image_a))
+        atomic_write(points_path, lambda f: json.dump(doc, f, indent=1), binary=False)
         picture_path = out / "transfer.png"
         draw_transfer(a, b, kp.points, moved, kp.visible, picture_height).save(picture_path)
     return TransferResult(out_kp, inside, points_path, picture_path)
