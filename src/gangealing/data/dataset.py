@@ -226,8 +226,10 @@ def _write_prepared(out: Path, source: Any, size: int, mode: str, image_mode: st
         "files": files if files is not None else names,
         "skipped": [s.__dict__ for s in skipped],
     }
-    with open(out / MANIFEST, "w") as f:
-        json.dump(manifest, f, indent=1)
+    from ..fileio import atomic_write
+
+    # Written last and atomically: a folder whose manifest exists is complete.
+    atomic_write(out / MANIFEST, lambda f: json.dump(manifest, f, indent=1), binary=False)
 
 
 def load_prepared(path: PathLike, mmap: bool = True) -> PreparedDataset:
