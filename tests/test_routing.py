@@ -142,6 +142,12 @@ def test_align_routes_by_targets_from_the_command_line(tmp_path):
     assert [r["cluster"] for r in rows] == [1, 0]
     assert main(["align", str(d), "--ckpt", str(path), "--out", str(tmp_path / "o2"), "--device", "cpu",
                  "--route", "targets", "--backend", "onnx"]) == 1
+    pytest.importorskip("onnxruntime", reason="the onnx backend needs the 'onnx' extra")
+    assert main(["align", str(d), "--ckpt", str(path), "--out", str(tmp_path / "o3"), "--device", "cpu",
+                 "--backend", "onnx"]) == 1  # routes by targets by default: PyTorch only, said so
+    assert main(["align", str(d), "--ckpt", str(path), "--out", str(tmp_path / "o4"), "--device", "cpu",
+                 "--backend", "auto"]) == 0  # falls back to PyTorch
+    assert [r["cluster"] for r in json.loads((tmp_path / "o4" / "results.json").read_text())["images"]] == [1, 0]
 
 
 def test_bench_measures_a_clustering_model_without_classifier_by_its_targets(tmp_path):

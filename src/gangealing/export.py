@@ -296,9 +296,14 @@ def load_backend(args, device, backend: str) -> Optional["OnnxCongealer"]:
         if not on_cpu:
             raise ValueError(f"--backend onnx runs on the CPU; drop --device {device} (or use --backend torch)")
         import_onnxruntime()
-        c = OnnxCongealer.from_congealer(Congealer.from_checkpoint(
-            ckpt, device="cpu", iters=args.iters, padding_mode=args.padding_mode, flip=args.flip,
-            input_size=args.input_size))
+        base = Congealer.from_checkpoint(ckpt, device="cpu", iters=args.iters, padding_mode=args.padding_mode,
+                                         flip=args.flip, input_size=args.input_size)
+        if base.router is not None:  # a clustering model routed by its GAN targets (it has no classifier)
+            if backend == "auto":
+                return None
+            raise ValueError(f"{ckpt} routes by its GAN targets (it has no cluster classifier), which runs with "
+                             "PyTorch only; use --backend torch")
+        c = OnnxCongealer.from_congealer(base)
     if getattr(args, "output_resolution", None) is not None:
         c.output_resolution = int(args.output_resolution)
     return c
