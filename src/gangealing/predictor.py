@@ -272,7 +272,6 @@ class Congealer:
         """
         from .build import load_model
         from .pretrained import resolve_checkpoint
-
         from .routing import ROUTINGS
 
         ckpt = resolve_checkpoint(source)
