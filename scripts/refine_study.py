@@ -26,7 +26,8 @@ def main() -> None:
     from gangealing.metrics.mask_transfer import congealer_mask_transfer
     from gangealing.predictor import Congealer
     from gangealing.pretrained import resolve_checkpoint
-    from gangealing.train.refine import SCRATCH_CHANNELS, Refiner, default_config, gan_template, scratch_stn
+    from gangealing.models.target import gan_template
+    from gangealing.train.refine import SCRATCH_CHANNELS, Refiner, default_config, scratch_stn
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cls", help="animal class (cat, dog, horse, ...)")

@@ -24,7 +24,7 @@ def main() -> None:
     from gangealing.losses.perceptual import build_perceptual_loss
     from gangealing.metrics.alignment import hungarian_accuracy
     from gangealing.predictor import Congealer
-    from gangealing.train.refine import gan_template
+    from gangealing.models.target import gan_template
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")

@@ -151,6 +151,25 @@ def test_flip_model_is_refined_on_the_images_as_it_faces_them():
     assert res.steps == 2
 
 
+def test_stages_similarity_keeps_the_flow_and_trains_the_rest():
+    imgs, _ = _copies(n=12, size=16)
+    stn = scratch_stn(16, 16)
+    with torch.no_grad():  # a non-identity start, so that the flow's weights would move if trained
+        for n, p in stn.named_parameters():
+            if "flow_out" in n or "warp_head" in n:
+                p.normal_(0, 0.05)
+    res = refine(stn, imgs, _tiny_cfg(steps=5, stages="similarity"))
+    before, after = dict(stn.named_parameters()), dict(res.stn.named_parameters())
+    flow = [n for n in before if n.startswith("stns.") and stn.transforms[int(n.split(".")[1])] == "flow"]
+    rigid = [n for n in before if n not in flow]
+    assert flow and rigid
+    assert all(torch.equal(before[n], after[n]) for n in flow)
+    assert any(not torch.equal(before[n], after[n]) for n in rigid)
+    assert all(p.requires_grad for p in res.stn.parameters())  # the written model is trainable as usual
+    with pytest.raises(ValueError, match="stages"):
+        Refiner(stn, _tiny_cfg(stages="flow"))
+
+
 def test_bad_input_is_one_line_errors():
     imgs, _ = _copies(n=3, size=16)
     with pytest.raises(ValueError, match="too few to hold out a split"):

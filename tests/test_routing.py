@@ -10,7 +10,7 @@ from gangealing.config import GeneratorConfig, STNConfig, TargetConfig
 from gangealing.losses.perceptual import build_perceptual_loss
 from gangealing.predictor import Congealer
 from gangealing.routing import TargetRouter
-from gangealing.train.refine import gan_template
+from gangealing.models.target import gan_template
 
 S = 16
 

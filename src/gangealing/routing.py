@@ -6,7 +6,7 @@ target. Real images have no per-sample target, so the original trains a cluster 
 generated samples to imitate the rule (``gangealing train-classifier``). :class:`TargetRouter`
 applies the rule itself to real images instead, against each head's *mean* target
 ``G(c_k)`` (every injected W+ row at ``c_k``, the appearance rows at the mean latent; the image
-:func:`gangealing.train.refine.gan_template` renders): K transformer passes and K distances per
+:func:`gangealing.models.target.gan_template` renders): K transformer passes and K distances per
 image (2K with flips), under the distance the model was trained with.
 
 Why: a classifier trained for a few hundred CPU steps imitates the rule poorly on real images
@@ -62,7 +62,7 @@ class TargetRouter:
         """Render every head's mean target with ``generator`` at ``flow_size`` and build ``loss``
         (a name of :data:`gangealing.losses.perceptual.PERCEPTUAL_LOSSES`)."""
         from .losses.perceptual import build_perceptual_loss
-        from .train.refine import gan_template
+        from .models.target import gan_template
 
         heads = int(target.cfg.num_heads)
         with torch.no_grad():

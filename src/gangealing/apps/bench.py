@@ -154,10 +154,10 @@ def _refined(images: torch.Tensor, cfg: BenchConfig, base=None, seed: int = 0, t
 
 
 def _gan_templates(paths: Dict[str, str], congealers: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The GAN target image (:func:`~gangealing.train.refine.gan_template`) of every one-cluster
+    """The GAN target image (:func:`~gangealing.models.target.gan_template`) of every one-cluster
     model whose file holds its generator and target: refine pulls towards it as well as the mean."""
     from ..build import load_model
-    from ..train.refine import gan_template
+    from ..models.target import gan_template
 
     out = {}
     for n, c in congealers.items():

@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--template", choices=("auto", "mean", "gan", "both"), default="auto",
                    help="what congealed images are pulled to: the running average congealed image, the model's GAN "
                         "target, or both (auto: both when the model has a generator, else mean)")
+    p.add_argument("--stages", choices=("all", "similarity"), default=None,
+                   help="which stages of the transformer are trained: all, or the similarity only (the flow keeps "
+                        "the starting model's weights, so it cannot bend one shape onto another; default all)")
     p.add_argument("--tv-weight", type=float, default=None, help="flow total-variation weight (default 100 with --ckpt, 10 from nothing)")
     p.add_argument("--identity-weight", type=float, default=None, help=f"flow identity weight (default {d.identity_weight:g})")
     p.add_argument("--anchor-weight", type=float, default=None,
@@ -66,8 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..predictor import default_device
-    from ..train.refine import (Refiner, default_config, gan_template, load_refine_images, SCRATCH_SIZE, save_refined,
-                                scratch_stn)
+    from ..models.target import gan_template
+    from ..train.refine import Refiner, default_config, load_refine_images, SCRATCH_SIZE, save_refined, scratch_stn
     from ..train.runtime import MetricsLogger
 
     out = new_model_file(args.out, args.ckpt, args.overwrite, "the --ckpt file")
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = default_config(model is not None, steps=args.steps, minutes=args.minutes, batch=args.batch_size, lr=args.lr,
                          template=args.template, tv_weight=args.tv_weight, identity_weight=args.identity_weight,
                          anchor_weight=args.anchor_weight, distill_steps=args.distill_steps, holdout=args.holdout, eval_every=args.eval_every,
-                         patience=args.patience, patience_after=args.patience_after, seed=args.seed)
+                         patience=args.patience, patience_after=args.patience_after, seed=args.seed,
+                         stages=args.stages)
     flip = bool(model is not None and (model.meta.get("test") or {}).get("flip"))  # a model trained with --flips
     refiner = Refiner(stn, cfg, template_image=template, device=dev, flip=flip)  # checks the template before loading images
     data = load_refine_images(args.data, stn.cfg.input_size, split=args.split, channels=stn.cfg.image_channels,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import TargetConfig
@@ -38,6 +39,7 @@ __all__ = [
     "kmeans_candidate_wplus",
     "kmeans_plusplus",
     "kmeans_plusplus_targets",
+    "gan_template",
     "lloyd_medoids",
 ]
 
@@ -242,3 +244,14 @@ def kmeans_plusplus_targets(
         indices = lloyd_medoids(embeddings, indices, lloyd_iters)
     seeds = latents[indices.to(latents.device)]  # (K, D)
     return TargetSeeds(indices, seeds, pca.encode(seeds))
+
+
+@torch.no_grad()
+def gan_template(generator: nn.Module, target: nn.Module, size: int, head: int = 0) -> torch.Tensor:
+    """The model's GAN target image ``(1, C, size, size)`` in [-1, 1]: the generator at the congealing
+    latent (every injected W+ row at the target, the rest at the target's mean latent)."""
+    w = target.lat_mean.expand(1, -1)  # (1, D)
+    img = generator.synthesis(target(w, 0.0, head=head), noise="const")  # (1, C, G, G)
+    if img.size(-1) != size:
+        img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return img.clamp(-1, 1)

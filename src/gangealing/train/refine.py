@@ -58,7 +58,7 @@ from ..geometry.similarity import compose, invert
 from ..losses.flow import flow_identity_loss, total_variation_loss
 from .runtime import MetricsLogger, progress, seed_everything
 
-__all__ = ["RefineConfig", "RefineResult", "scratch_stn", "gan_template", "pose_of", "Refiner", "refine",
+__all__ = ["RefineConfig", "RefineResult", "scratch_stn", "pose_of", "Refiner", "refine",
            "load_refine_images", "save_refined", "default_config", "MIN_IMAGES", "SCRATCH_SIZE", "SCRATCH_CHANNELS"]
 
 MIN_IMAGES = 4  # fewest images that leave both a training and a held-out split of two
@@ -86,6 +86,9 @@ class RefineConfig:
     scale_weight: float = 100.0
     max_log_scale: float = math.log(1.6)
     flow_warmup: float = 0.0  # fraction of the steps during which the flow is frozen
+    # Which stages of the transformer are trained: 'all', or 'similarity' (the flow stays as it
+    # starts). Adapting a model to pose changes only, the rigid stage cannot bend one shape onto another.
+    stages: str = "all"
     distill_steps: int = 0  # steps regressing the grids of a set-level fit (baselines.rigid) before the objective
     teacher_flow_cells: int = 8  # per-image flow resolution of that fit
     holdout: float = 0.1  # fraction of the images held out to decide when to stop
@@ -146,17 +149,6 @@ def scratch_stn(size: int = SCRATCH_SIZE, channels: int = SCRATCH_CHANNELS, imag
         return build("stn", cfg)
 
 
-@torch.no_grad()
-def gan_template(generator: nn.Module, target: nn.Module, size: int, head: int = 0) -> torch.Tensor:
-    """The model's GAN target image ``(1, C, size, size)`` in [-1, 1]: the generator at the congealing
-    latent (every injected W+ row at the target, the rest at the target's mean latent)."""
-    w = target.lat_mean.expand(1, -1)  # (1, D)
-    img = generator.synthesis(target(w, 0.0, head=head), noise="const")  # (1, C, G, G)
-    if img.size(-1) != size:
-        img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return img.clamp(-1, 1)
-
-
 def pose_of(matrix: torch.Tensor) -> torch.Tensor:
     """``(N, 2, 3)`` similarity-like matrices -> ``(N, 4)`` ``(angle, log_scale, tx, ty)``."""
     a = matrix[:, :, :2]
@@ -184,6 +176,8 @@ class Refiner:
 
     def __init__(self, stn: nn.Module, cfg: RefineConfig = RefineConfig(), *, template_image: Optional[torch.Tensor] = None,
                  device: Union[str, torch.device, None] = None, flip: bool = False):
+        if cfg.stages not in ("all", "similarity"):
+            raise ValueError(f"stages must be 'all' or 'similarity', got {cfg.stages!r}")
         if cfg.template not in ("auto", "mean", "gan", "both"):
             raise ValueError(f"template must be 'auto', 'mean', 'gan' or 'both', got {cfg.template!r}")
         kind = ("both" if template_image is not None else "mean") if cfg.template == "auto" else cfg.template
@@ -323,6 +317,10 @@ class Refiner:
         flow_params = [p for n_, p in self.stn.named_parameters() if n_.startswith("stns.") and
                        self.stn.transforms[int(n_.split(".")[1])] == "flow"]
         other = [p for p in self.stn.parameters() if all(p is not q for q in flow_params)]
+        if cfg.stages == "similarity":  # the flow keeps its starting weights
+            for p in flow_params:
+                p.requires_grad_(False)
+            flow_params = []
         groups = [g for g in ({"params": other, "lr": cfg.lr}, {"params": flow_params, "lr": cfg.lr}) if g["params"]]
         opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.99))
         warm = int(cfg.flow_warmup * cfg.steps)
@@ -389,7 +387,7 @@ class Refiner:
             self.stn.load_state_dict(best_state)
         else:
             best_step, best = step, float("nan")
-        self.stn.eval()
+        self.stn.eval().requires_grad_(True)  # frozen stages (cfg.stages) are trainable again in the result
         return RefineResult(stn=self.stn, steps=step, best_step=best_step, holdout_loss=best,
                             initial_holdout_loss=initial, seconds=seconds,
                             images_per_s=step * min(cfg.batch, len(train_idx)) / max(seconds, 1e-9),
