@@ -235,3 +235,49 @@ def test_inductive_rows_refine_each_single_cluster_model_on_the_train_split(tmp_
     assert by["M + refine (inductive: train split)"]["model"] == "m"
     assert by["M + refine (inductive: train split)"]["fit_images"] == 900  # the train split, not the 100 test images
     assert by["M + refine (set-level)"]["fit_images"] == 100
+
+
+def _quick_cfg(**kw):
+    base = dict(pairs=10, animal_classes=("cat", "dog"), mnist_digits=10, classic=False, refine=False,
+                generators=False, gan_presets=(), gangealing_presets=(), throughput_images=10)
+    base.update(kw)
+    return B.BenchConfig(**base)
+
+
+def test_a_stopped_bench_resumes_from_its_parts(monkeypatch):
+    import dataclasses
+    import json
+
+    full = B.run_bench(_quick_cfg(), congealers={}, progress=False)
+    saved = []
+
+    def on_part(res, done):
+        data = json.loads(json.dumps(dataclasses.asdict(res), default=str))  # as partial.json holds it
+        data["done"] = done
+        saved.append(data)
+        if len(done) == 1:
+            raise KeyboardInterrupt  # killed after the first part
+
+    with pytest.raises(KeyboardInterrupt):
+        B.run_bench(_quick_cfg(), congealers={}, progress=False, on_part=on_part)
+    assert saved[-1]["done"] == ["animals:cat"]
+    computed = []
+    real = B._mask_rows
+    monkeypatch.setattr(B, "_mask_rows", lambda cls, *a, **k: computed.append(cls) or real(cls, *a, **k))
+    parts = []
+    resumed = B.run_bench(_quick_cfg(), congealers={}, progress=False, resume=saved[-1],
+                          on_part=lambda res, done: parts.append(done))
+    assert computed == ["dog"]  # the cat rows came from the partial results
+    assert resumed.mask_transfer == full.mask_transfer and resumed.mnist_pck == full.mnist_pck
+    assert parts[-1] == ["animals:cat", "animals:dog", "mnist:3"]
+    with pytest.raises(ValueError, match="another configuration"):
+        B.run_bench(_quick_cfg(pairs=11), congealers={}, progress=False, resume=saved[-1])
+
+
+def test_bench_command_says_what_to_do_with_an_unreadable_partial_file(tmp_path, capsys):
+    from gangealing.cli import main
+
+    (tmp_path / "partial.json").write_text("{not json")
+    rc = main(["bench", "--out", str(tmp_path), "--models", "gangealing-tiny-cat", "--no-progress"])
+    assert rc != 0 and "--fresh" in capsys.readouterr().err
+    assert (tmp_path / "partial.json").read_text() == "{not json"  # nothing written over

@@ -38,7 +38,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -380,7 +380,9 @@ def train_throughput(cfg: BenchConfig, device: str = "cpu", root=None) -> List[D
 def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] = None, *, root=None,
               device: str = "cpu", progress: bool = True, paths: Optional[Dict[str, str]] = None,
               congealers: Optional[Dict[str, Any]] = None,
-              extra: Optional[Dict[str, ModelEntry]] = None) -> BenchResult:
+              extra: Optional[Dict[str, ModelEntry]] = None,
+              resume: Optional[Dict[str, Any]] = None,
+              on_part: Optional[Callable[[BenchResult, List[str]], None]] = None) -> BenchResult:
     """Run every measure on the zoo models that exist (``models`` picks some by name) and on ``extra``.
 
     ``paths`` (``{zoo name: file}``) points zoo entries at other files (a run folder's ``model.pt``
@@ -389,6 +391,12 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
     even when ``models`` names none of the zoo's (``models=[]``). ``congealers`` (``{name:
     Congealer}``) replaces loading from files (tests); their entries come from the zoo or ``extra``.
     Every animal class that has a model is measured, beside ``cfg.animal_classes``.
+
+    A full run takes hours on a CPU, so it is measured in parts (an animal class, an MNIST digit,
+    one model's clustering or speed, the training speed, the generators): after each part
+    ``on_part(result so far, names of the parts done)`` is called (the command writes
+    ``partial.json``), and ``resume`` (such a file's content) skips the parts it holds, reusing
+    their rows. It must come from the same configuration and model files (else ``ValueError``).
     """
     from tqdm import tqdm
 
@@ -422,6 +430,19 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
     entries.update({n: dataclasses.replace(entries[n], label=f"{entries[n].label}, {c.iters} similarity passes")
                     for n, c in congealers.items() if c.iters != 1})
     res = BenchResult(config=dataclasses.asdict(cfg), models=paths, missing=missing)
+    done: List[str] = []
+    prior = _check_resume(resume, res) if resume is not None else None
+
+    def part(name: str, section: str, compute: Callable[[], List[Dict[str, Any]]], key=None) -> None:
+        """Rows of one part: from ``resume`` when it holds the part, else computed; then ``on_part``."""
+        if prior is not None and name in prior["done"]:
+            getattr(res, section).extend(r for r in prior[section] if key is None or key(r))
+            tick_n(name)
+        else:
+            getattr(res, section).extend(compute())
+        done.append(name)
+        if on_part is not None:
+            on_part(res, list(done))
     classes = list(cfg.animal_classes) + sorted({entries[n].classes[0] for n in congealers
                                                  if entries[n].dataset == "animals"} - set(cfg.animal_classes))
     digits = sorted({cl for n in congealers if entries[n].dataset == "mnist" and len(entries[n].classes) == 1
@@ -431,35 +452,52 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
     templates = _gan_templates(paths, congealers) if cfg.refine else {}
     bar = tqdm(total=steps, desc="bench", disable=not progress)
     tick = lambda: bar.update(1)  # noqa: E731
+    # Progress-bar ticks of a part taken from `resume` (what computing it would have ticked).
+    ticks = {f"animals:{cls}": 1 + sum(entries[n].dataset == "animals" and entries[n].classes[0] == cls
+                                       for n in congealers) for cls in classes}
+    ticks.update({f"mnist:{d}": 3 for d in digits})
+    ticks.update({f"throughput:{n}": 1 for n in congealers})
+    tick_n = lambda name: bar.update(ticks.get(name, 0))  # noqa: E731
+
+    def clustering(n: str, c) -> List[Dict[str, Any]]:
+        # Each routing the model can use: its classifier on all the digits, its targets on the first ones.
+        rows = []
+        by_classifier = c if c.router is None else _routed(paths[n], device, "classifier")
+        if by_classifier is not None and by_classifier.classifier is not None:
+            rows.append(_cluster_rows(cfg, n, by_classifier, entries, cfg.cluster_images))
+        by_targets = c if c.router is not None else _routed(paths[n], device, "targets")
+        if by_targets is not None and cfg.route_images:
+            rows.append(_cluster_rows(cfg, n, by_targets, entries, cfg.route_images))
+        return rows
+
+    def throughput(n: str, c) -> List[Dict[str, Any]]:
+        if entries[n].dataset == "animals":
+            imgs = animal_test_set(f"animals:{entries[n].classes[0]}")[0]
+        else:
+            imgs = digits_as_images(mnist_test_set()[0][: cfg.throughput_images])
+        reps = math.ceil(cfg.throughput_images / len(imgs))
+        row = _throughput(n, c, torch.cat([imgs] * reps)[: cfg.throughput_images].contiguous())
+        tick()
+        return [row]
+
     try:
         for cls in classes:
-            res.mask_transfer += _mask_rows(cls, cfg, congealers, entries, tick, templates)
+            part(f"animals:{cls}", "mask_transfer", lambda: _mask_rows(cls, cfg, congealers, entries, tick, templates),
+                 key=lambda r, cls=cls: r["dataset"] == f"animals:{cls} (test)")
         for d in digits:
-            res.mnist_pck += _pck_rows(cfg, d, congealers, entries, tick, templates)
+            part(f"mnist:{d}", "mnist_pck", lambda: _pck_rows(cfg, d, congealers, entries, tick, templates),
+                 key=lambda r, d=d: r["dataset"].startswith(f"mnist:{d} "))
         for n, c in congealers.items():
-            if entries[n].dataset != "mnist" or c.num_clusters == 1:
-                continue
-            # Each routing the model can use: its classifier on all the digits, its targets on the first ones.
-            by_classifier = c if c.router is None else _routed(paths[n], device, "classifier")
-            if by_classifier is not None and by_classifier.classifier is not None:
-                res.clustering.append(_cluster_rows(cfg, n, by_classifier, entries, cfg.cluster_images))
-            by_targets = c if c.router is not None else _routed(paths[n], device, "targets")
-            if by_targets is not None and cfg.route_images:
-                res.clustering.append(_cluster_rows(cfg, n, by_targets, entries, cfg.route_images))
+            if entries[n].dataset == "mnist" and c.num_clusters > 1:
+                part(f"clustering:{n}", "clustering", lambda: clustering(n, c), key=lambda r, n=n: r["model"] == n)
         tick()
         for n, c in congealers.items():
-            if entries[n].dataset == "animals":
-                imgs = animal_test_set(f"animals:{entries[n].classes[0]}")[0]
-            else:
-                imgs = digits_as_images(mnist_test_set()[0][: cfg.throughput_images])
-            reps = math.ceil(cfg.throughput_images / len(imgs))
-            res.throughput.append(_throughput(n, c, torch.cat([imgs] * reps)[: cfg.throughput_images].contiguous()))
-            tick()
+            part(f"throughput:{n}", "throughput", lambda: throughput(n, c), key=lambda r, n=n: r["model"] == n)
         if cfg.gan_presets or cfg.gangealing_presets:
-            res.train_throughput = train_throughput(cfg, device=device, root=root)
+            part("train_throughput", "train_throughput", lambda: train_throughput(cfg, device=device, root=root))
         tick()
         if cfg.generators:
-            res.generators = _generator_section(cfg, root, device)
+            part("generators", "generators", lambda: _generator_section(cfg, root, device))
     finally:
         bar.close()
     res.environment = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
@@ -559,13 +597,24 @@ def to_markdown(res: BenchResult, command: str = "") -> str:
     return "\n".join(out)
 
 
+def _check_resume(resume: Dict[str, Any], res: BenchResult) -> Dict[str, Any]:
+    """``resume`` (a ``partial.json``) if it was written by a run with ``res``'s configuration and models."""
+    same_cfg = json.loads(json.dumps(resume.get("config"), default=str)) == json.loads(json.dumps(res.config, default=str))
+    if not same_cfg or resume.get("models") != res.models or not isinstance(resume.get("done"), list):
+        raise ValueError("the partial results to resume were written with another configuration or other model "
+                         "files; run with the same options, or remove the partial file (or use another --out) to start over")
+    return resume
+
+
 def write_results(res: BenchResult, out_dir: Union[str, os.PathLike], command: str = "") -> Tuple[Path, Path]:
-    """Write ``results.json`` and ``results.md`` into ``out_dir``."""
+    """Write ``results.json`` and ``results.md`` into ``out_dir`` (each atomically)."""
+    from ..fileio import atomic_write
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(res)
     data["command"] = command
     js, md = out / "results.json", out / "results.md"
-    js.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    md.write_text(to_markdown(res, command))
+    atomic_write(js, lambda f: f.write(json.dumps(data, indent=1, default=str) + "\n"), binary=False)
+    atomic_write(md, lambda f: f.write(to_markdown(res, command)), binary=False)
     return js, md

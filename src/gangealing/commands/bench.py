@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import shlex
 import sys
+from pathlib import Path
 
 from ._common import Formatter, int_range
 
@@ -16,6 +19,10 @@ EPILOG = """examples:
   gangealing bench --out bench-3/ --model runs/mnist3/model.pt=mnist:3 --no-generators --no-train-speed
 
 outputs: OUT/results.json and OUT/results.md; see docs/benchmarks.md and BENCHMARKS.md
+
+A full run takes hours on a CPU. After each part (an animal class, an MNIST digit, a model's
+clustering or speed, the generators) OUT/partial.json is written; run the same command again to
+resume a stopped run from it (--fresh starts over). It is removed when the results are written.
 """
 
 
@@ -63,11 +70,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of pairs, perturbations and points")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--fresh", action="store_true", help="ignore OUT/partial.json of a stopped run and start over")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from ..apps.bench import BenchConfig, run_bench, to_markdown, write_results
+    from ..fileio import atomic_write
 
     cfg = BenchConfig(pairs=args.pairs, animal_classes=tuple(args.classes), mnist_digits=args.digits, canvas=args.canvas,
                       cluster_images=args.cluster_images, route_images=args.route_images, throughput_images=args.throughput_images,
@@ -87,13 +96,29 @@ def run(args: argparse.Namespace) -> int:
     if len(extra) < len(args.model):
         raise ValueError("--model: two files get the same name (their folder's name); give each a distinct folder")
     models = args.models if args.models is not None or not extra else []
-    res = run_bench(cfg, models, device=args.device, progress=not args.no_progress, paths=paths, extra=extra)
+    partial = Path(args.out) / "partial.json"
+    resume = None
+    if partial.is_file() and not args.fresh:
+        try:
+            resume = json.loads(partial.read_text())
+        except ValueError as e:
+            raise ValueError(f"{partial} is not readable JSON ({e}); remove it or pass --fresh to start over") from e
+        print(f"resuming from {partial}: {', '.join(resume.get('done') or []) or 'nothing'} done", file=sys.stderr)
+
+    def save_part(res, done) -> None:
+        data = dataclasses.asdict(res)
+        data["done"] = done
+        atomic_write(partial, lambda f: f.write(json.dumps(data, indent=1, default=str) + "\n"), binary=False)
+
+    res = run_bench(cfg, models, device=args.device, progress=not args.no_progress, paths=paths, extra=extra,
+                    resume=resume, on_part=save_part)
     # The command line as typed when run from a shell; in-process calls (tests) record the output folder only.
     if len(sys.argv) > 1 and sys.argv[1] == "bench":
         command = "gangealing bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     else:
         command = f"gangealing bench --out {shlex.quote(str(args.out))}"
     js, md = write_results(res, args.out, command)
+    partial.unlink(missing_ok=True)
     print(to_markdown(res))
     print(f"results: {js} {md}")
     return 0
