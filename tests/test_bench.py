@@ -281,3 +281,24 @@ def test_bench_command_says_what_to_do_with_an_unreadable_partial_file(tmp_path,
     rc = main(["bench", "--out", str(tmp_path), "--models", "gangealing-tiny-cat", "--no-progress"])
     assert rc != 0 and "--fresh" in capsys.readouterr().err
     assert (tmp_path / "partial.json").read_text() == "{not json"  # nothing written over
+
+
+def test_resume_refuses_a_changed_model_file(tmp_path):
+    import dataclasses
+    import json
+
+    from gangealing.zoo import ModelEntry
+    from helpers import tiny_checkpoint
+
+    path = tiny_checkpoint(tmp_path / "m.pt", size=16)
+    extra = {"m": ModelEntry(str(path), "animals", ("dog",), "M")}
+    cfg = _quick_cfg(animal_classes=("dog",))
+    saved = []
+    res = B.run_bench(cfg, models=[], extra=extra, progress=False,
+                      on_part=lambda r, done: saved.append(dict(json.loads(json.dumps(dataclasses.asdict(r))), done=done)))
+    assert len(res.model_sha256["m"]) == 64 and saved[-1]["model_sha256"] == res.model_sha256
+    again = B.run_bench(cfg, models=[], extra=extra, progress=False, resume=saved[-1])  # same file: every part reused
+    assert again.mask_transfer == res.mask_transfer
+    tiny_checkpoint(path, size=16, translate=0.25)  # another model at the same path
+    with pytest.raises(ValueError, match="other model files"):
+        B.run_bench(cfg, models=[], extra=extra, progress=False, resume=saved[-1])

@@ -75,3 +75,14 @@ def check_output_file(path: PathLike) -> Path:
     if not probe.is_dir():
         raise ValueError(f"output {path} lies under {probe}, which is not a folder; choose another path")
     return p
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (what was measured or loaded, exactly)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

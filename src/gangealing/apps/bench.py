@@ -117,6 +117,7 @@ class BenchResult:
     train_throughput: List[Dict[str, Any]] = field(default_factory=list)
     generators: List[Dict[str, Any]] = field(default_factory=list)
     models: Dict[str, str] = field(default_factory=dict)
+    model_sha256: Dict[str, str] = field(default_factory=dict)  # of each model file measured
     missing: List[str] = field(default_factory=list)
     environment: Dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -429,7 +430,10 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
     # A model's own test-time similarity passes (meta["test"], e.g. from `gangealing tune`) show in its label.
     entries.update({n: dataclasses.replace(entries[n], label=f"{entries[n].label}, {c.iters} similarity passes")
                     for n, c in congealers.items() if c.iters != 1})
-    res = BenchResult(config=dataclasses.asdict(cfg), models=paths, missing=missing)
+    from ..fileio import sha256_file
+
+    res = BenchResult(config=dataclasses.asdict(cfg), models=paths, missing=missing,
+                      model_sha256={n: sha256_file(p) for n, p in paths.items() if Path(p).is_file()})
     done: List[str] = []
     prior = _check_resume(resume, res) if resume is not None else None
 
@@ -600,7 +604,8 @@ def to_markdown(res: BenchResult, command: str = "") -> str:
 def _check_resume(resume: Dict[str, Any], res: BenchResult) -> Dict[str, Any]:
     """``resume`` (a ``partial.json``) if it was written by a run with ``res``'s configuration and models."""
     same_cfg = json.loads(json.dumps(resume.get("config"), default=str)) == json.loads(json.dumps(res.config, default=str))
-    if not same_cfg or resume.get("models") != res.models or not isinstance(resume.get("done"), list):
+    same_models = resume.get("models") == res.models and resume.get("model_sha256") == res.model_sha256
+    if not same_cfg or not same_models or not isinstance(resume.get("done"), list):
         raise ValueError("the partial results to resume were written with another configuration or other model "
                          "files; run with the same options, or remove the partial file (or use another --out) to start over")
     return resume
