@@ -170,6 +170,23 @@ def test_stages_similarity_keeps_the_flow_and_trains_the_rest():
         Refiner(stn, _tiny_cfg(stages="flow"))
 
 
+def test_refine_fits_the_similarity_passes_the_model_is_applied_with():
+    imgs, _ = _copies(n=8, size=16)
+    stn = scratch_stn(16, 16)
+    with torch.no_grad():  # a non-identity similarity, so that a second pass moves the result
+        for n, p in stn.named_parameters():
+            if "warp_head" in n and n.startswith("stns.0"):
+                p.normal_(0, 0.05)
+    two = Refiner(stn, _tiny_cfg(steps=1), iters=2)
+    with torch.no_grad():
+        got = two._forward(two.stn, imgs).images
+        assert torch.allclose(got, stn(imgs, antialias=False, iters=2).images)
+        assert not torch.allclose(got, stn(imgs, antialias=False).images, atol=1e-4)
+    assert two.fit(imgs, progress_bar=False).steps == 1
+    with pytest.raises(ValueError, match="iters"):
+        Refiner(stn, _tiny_cfg(), iters=0)
+
+
 def test_bad_input_is_one_line_errors():
     imgs, _ = _copies(n=3, size=16)
     with pytest.raises(ValueError, match="too few to hold out a split"):

@@ -93,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
                          anchor_weight=args.anchor_weight, distill_steps=args.distill_steps, holdout=args.holdout, eval_every=args.eval_every,
                          patience=args.patience, patience_after=args.patience_after, seed=args.seed,
                          stages=args.stages)
-    flip = bool(model is not None and (model.meta.get("test") or {}).get("flip"))  # a model trained with --flips
-    refiner = Refiner(stn, cfg, template_image=template, device=dev, flip=flip)  # checks the template before loading images
+    test_settings = (model.meta.get("test") or {}) if model is not None else {}
+    flip = bool(test_settings.get("flip"))  # a model trained with --flips
+    iters = int(test_settings.get("iters", 1))  # its similarity passes (e.g. chosen by `gangealing tune`)
+    refiner = Refiner(stn, cfg, template_image=template, device=dev, flip=flip, iters=iters)  # checks the template before loading images
     data = load_refine_images(args.data, stn.cfg.input_size, split=args.split, channels=stn.cfg.image_channels,
                               progress_bar=not args.no_progress)
     log = MetricsLogger(args.metrics, tensorboard=False) if args.metrics else None

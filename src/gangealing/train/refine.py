@@ -172,10 +172,12 @@ def _split(n: int, holdout: float, seed: int):
 
 class Refiner:
     """Fits ``stn`` (a :class:`~gangealing.models.stn.SpatialTransformer`, trained in place on a copy)
-    to real images; ``template_image`` ``(1, C, S, S)`` is the GAN target when there is one."""
+    to real images; ``template_image`` ``(1, C, S, S)`` is the GAN target when there is one.
+    ``flip`` and ``iters`` are the starting model's test-time flip inference and similarity passes:
+    the transformer is fitted the way the predictor will apply it."""
 
     def __init__(self, stn: nn.Module, cfg: RefineConfig = RefineConfig(), *, template_image: Optional[torch.Tensor] = None,
-                 device: Union[str, torch.device, None] = None, flip: bool = False):
+                 device: Union[str, torch.device, None] = None, flip: bool = False, iters: int = 1):
         if cfg.stages not in ("all", "similarity"):
             raise ValueError(f"stages must be 'all' or 'similarity', got {cfg.stages!r}")
         if cfg.template not in ("auto", "mean", "gan", "both"):
@@ -196,6 +198,11 @@ class Refiner:
         # input. Refine fits the images the way the starting model faces them (mirrored where it
         # mirrors them), so the refined transformer keeps one facing instead of learning both.
         self.flip = bool(flip)
+        # The similarity passes the model is applied with (meta["test"]["iters"], e.g. chosen by
+        # `gangealing tune`): the transformer is fitted as it will be used, not at one pass.
+        if int(iters) < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        self.iters = int(iters)
         self.from_identity = not any(p.abs().sum() > 0 for n, p in stn.named_parameters() if "warp_head" in n
                                      and n.endswith(("linear.weight", "linear.bias", "flow_out.2.weight", "flow_out.2.bias")))
 
@@ -210,11 +217,11 @@ class Refiner:
         """``x`` mirrored where the starting model's flip inference mirrors it (unchanged without flips)."""
         if not self.flip:
             return x
-        flipped = self.start(x, flip="auto", antialias=False).flipped
+        flipped = self.start(x, flip="auto", antialias=False, iters=self.iters).flipped
         return torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x)
 
     def _forward(self, stn: nn.Module, x: torch.Tensor):
-        return stn(x, antialias=False)  # congealed at flow_size; same-size sampling needs no mipmaps
+        return stn(x, antialias=False, iters=self.iters)  # congealed at flow_size; same-size sampling needs no mipmaps
 
     @torch.no_grad()
     def _mean_congealed(self, batches) -> torch.Tensor:
@@ -396,9 +403,10 @@ class Refiner:
 
 
 def refine(stn: nn.Module, images, cfg: RefineConfig = RefineConfig(), *, template_image: Optional[torch.Tensor] = None,
-           progress_bar: bool = False, device=None, flip: bool = False) -> RefineResult:
+           progress_bar: bool = False, device=None, flip: bool = False, iters: int = 1) -> RefineResult:
     """:class:`Refiner` in one call."""
-    return Refiner(stn, cfg, template_image=template_image, device=device, flip=flip).fit(images, progress_bar=progress_bar)
+    return Refiner(stn, cfg, template_image=template_image, device=device, flip=flip,
+                   iters=iters).fit(images, progress_bar=progress_bar)
 
 
 def load_refine_images(source: Union[str, os.PathLike], size: int, *, split: str = "train", channels: int = 3,
