@@ -86,3 +86,10 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def save_npy(path: PathLike, array) -> Path:
+    """``np.save`` of ``array`` to ``path`` (which should end in ``.npy``), atomically."""
+    import numpy as np
+
+    return atomic_write(path, lambda f: np.save(f, array))

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..distributed import barrier, gather, is_main, shard
+from ..fileio import save_npy
 
 GRID_UNITS = ("normalized", "pixels")
 # What align writes into its output folder (removed by overwrite=True before a new run).
@@ -288,7 +289,7 @@ def align_images(congealer, inputs: Sequence[os.PathLike], out_dir: os.PathLike,
             if save_grids:
                 grid_path = out_dir / "grids" / f"{name}.npy"
                 grid = grid_to_pixels(grids[j], h, w) if grid_units == "pixels" else grids[j]
-                np.save(grid_path, grid.numpy().astype(np.float32))
+                save_npy(grid_path, grid.numpy().astype(np.float32))
                 rec["grid"] = str(grid_path.relative_to(out_dir))
             records.append(rec)
             if idx < n_avg:

@@ -192,5 +192,6 @@ def transfer_keypoints(congealer, image_a: Union[str, os.PathLike], image_b: Uni
         doc = out_kp.to_json(in_image=inside, image=str(image_b), width=w, height=h, source=str(image_a))
         atomic_write(points_path, lambda f: json.dump(doc, f, indent=1), binary=False)
         picture_path = out / "transfer.png"
-        draw_transfer(a, b, kp.points, moved, kp.visible, picture_height).save(picture_path)
+        picture = draw_transfer(a, b, kp.points, moved, kp.visible, picture_height)
+        atomic_write(picture_path, lambda f: picture.save(f, format="PNG"))
     return TransferResult(out_kp, inside, points_path, picture_path)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..distributed import barrier, gather, is_main
+from ..fileio import save_npy
 from ..edit import EditStyle
 from .align import check_output_dir
 
@@ -448,7 +449,7 @@ class _PartsSink:
 
         corr = chunk.correspondences(num_points)
         if num_points is not None:
-            np.save(self.parts / f"correspondences_{self.first:08d}.npy", corr)
+            save_npy(self.parts / f"correspondences_{self.first:08d}.npy", corr)
         merged = gather([(chunk.written, chunk.skipped, chunk.size)], self.dist)
         sizes = [s for _, _, s in merged if s is not None]
         out = _Chunk([i for w, _, _ in merged for i in w], [s for _, sk, _ in merged for s in sk],
@@ -512,8 +513,8 @@ def process_video(congealer, source: Any, out_dir: os.PathLike, *, edit: Optiona
                          "folder of frame images")
     if is_main(dist):
         if points is not None:
-            np.save(out_dir / "correspondences.npy", merged.corr[0].astype(np.float32))
-            np.save(out_dir / "points.npy", points.cpu().numpy().astype(np.float32))
+            save_npy(out_dir / "correspondences.npy", merged.corr[0].astype(np.float32))
+            save_npy(out_dir / "points.npy", points.cpu().numpy().astype(np.float32))
             outputs["correspondences"] = str(out_dir / "correspondences.npy")
         _write_info(out_dir / "video.json", source, merged, rate, editor.points_size, outputs)
         if isinstance(sink, _PartsSink):

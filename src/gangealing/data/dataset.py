@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..fileio import save_npy
 from .embedded import is_embedded_name, load_embedded
 from .images import (MODES, MemberTooLarge, SkippedImage, is_image_file, iter_images, list_images, pil_convert,
                      read_member, report_skipped, to_tensor, UnreadableImage)
@@ -212,7 +213,7 @@ def _write_prepared(out: Path, source: Any, size: int, mode: str, image_mode: st
         del final, buf
         os.unlink(tmp_npy)
     if labels is not None:
-        np.save(out / "labels.npy", labels[:n])
+        save_npy(out / "labels.npy", labels[:n])
     manifest = {
         "format": "gangealing-dataset",
         "version": FORMAT_VERSION,
