@@ -64,8 +64,8 @@ def main() -> None:
     cfg = default_config(base is not None, steps=args.steps, seed=0, **overrides)
     frame = Congealer(stn, flip=False)
     x = torch.cat([frame.prepare(fit_images[s:s + 500])[0].cpu() for s in range(0, len(fit_images), 500)])
-    iters = 1 if base is None else base.iters
-    res = Refiner(stn, cfg, template_image=template, flip=flip, iters=iters).fit(x, progress_bar=False)
+    iters = 1 if base is None else base.iters  # applied with the model's passes; fitted at one (as the bench)
+    res = Refiner(stn, cfg, template_image=template, flip=flip).fit(x, progress_bar=False)
     curve = [(h["step"], round(h["holdout"], 4)) for h in res.history if "holdout" in h]
     print(f"stopped by {res.stopped} at step {res.steps} (best {res.best_step}), {res.seconds:.0f} s; "
           f"held-out distance {res.initial_holdout_loss:.4f} -> {res.holdout_loss:.4f}; curve {curve}")

@@ -146,8 +146,7 @@ def _refined(images: torch.Tensor, cfg: BenchConfig, base=None, seed: int = 0, t
                         distill_steps=cfg.refine_distill_steps if base is None else 0)  # holdout 10%: when to stop
     frame = Congealer(stn, flip=False)
     x = torch.cat([frame.prepare(images[s:s + 500])[0].cpu() for s in range(0, len(images), 500)])
-    res = Refiner(stn, rc, template_image=template, flip=base is not None and base.flip,
-                  iters=1 if base is None else base.iters).fit(x, progress_bar=False)
+    res = Refiner(stn, rc, template_image=template, flip=base is not None and base.flip).fit(x, progress_bar=False)
     # As `gangealing refine` writes it: the base model's test-time settings carry over.
     c = Congealer(res.stn, flip=False if base is None else base.flip, padding_mode="border",
                   iters=1 if base is None else base.iters)

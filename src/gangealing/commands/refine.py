@@ -95,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
                          stages=args.stages)
     test_settings = (model.meta.get("test") or {}) if model is not None else {}
     flip = bool(test_settings.get("flip"))  # a model trained with --flips
-    iters = int(test_settings.get("iters", 1))  # its similarity passes (e.g. chosen by `gangealing tune`)
-    refiner = Refiner(stn, cfg, template_image=template, device=dev, flip=flip, iters=iters)  # checks the template before loading images
+    # Fitted at one similarity pass even when the model is applied with more (meta test iters):
+    # fitting at the model's 2 passes measured slightly worse (Refiner's docstring, docs/refine.md).
+    refiner = Refiner(stn, cfg, template_image=template, device=dev, flip=flip)  # checks the template before loading images
     data = load_refine_images(args.data, stn.cfg.input_size, split=args.split, channels=stn.cfg.image_channels,
                               progress_bar=not args.no_progress)
     log = MetricsLogger(args.metrics, tensorboard=False) if args.metrics else None
