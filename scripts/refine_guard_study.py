@@ -4,10 +4,14 @@ the adapting defaults overridden.
 
     python scripts/refine_guard_study.py stages='"similarity"' steps=800
     python scripts/refine_guard_study.py --model gangealing-tiny-mnist3 tv_weight=1000
+    python scripts/refine_guard_study.py --fit-split train stages='"similarity"' steps=800   # inductive
 
 ``KEY=VALUE`` overrides a RefineConfig field of the adapting defaults (values read as JSON). The
 rows are the bench's own (``gangealing.apps.bench._pck_rows``: the same digits, perturbations,
-points and seeds); refine from nothing is not run (its rows show an untrained transformer).
+points and seeds), for the model and the model refined (refine from nothing is not run).
+``--fit-split train`` fits on perturbed MNIST *train* digits of the class instead (as many, two
+copies each, perturbed as the bench perturbs the test digits, from another seed): the refined
+model never sees the test digits it is measured on (inductive).
 Prints PCK@0.1 and @0.05 of every method on both tasks, and the fit time.
 """
 from __future__ import annotations
@@ -23,6 +27,8 @@ import torch
 def main() -> None:
     import gangealing.apps.bench as B
     import gangealing.train.refine as R
+    from gangealing.data.embedded import mnist_test_set
+    from gangealing.data.perturb import perturb_digits
     from gangealing.predictor import Congealer
     from gangealing.zoo import MODELS, resolve_model_file
 
@@ -30,6 +36,8 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="RefineConfig overrides for the adapted model")
     p.add_argument("--model", default="gangealing-tiny-mnist3", choices=[n for n, e in MODELS.items()
                                                                           if e.dataset == "mnist" and len(e.classes) == 1])
+    p.add_argument("--fit-split", choices=("test", "train"), default="test",
+                   help="digits refine is fitted on: the measured test digits (set-level, as the bench) or train digits")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -40,20 +48,24 @@ def main() -> None:
     base_config = R.default_config
     R.default_config = lambda from_model, **kw: (dataclasses.replace(base_config(from_model, **kw), **over)
                                                  if from_model else base_config(from_model, **kw))
-    fit = B._refined
-
-    def refined(images, cfg, base=None, seed=0, template=None):
-        if base is None:  # refine from nothing is not what this study varies: an untrained stand-in
-            return Congealer(R.scratch_stn(seed=seed), flip=False), dict(fit_seconds=0.0)
-        return fit(images, cfg, base=base, seed=seed, template=template)
-
-    B._refined = refined
-    path = str(resolve_model_file(MODELS[args.model].path))
+    entry = MODELS[args.model]
+    digit, path = entry.classes[0], str(resolve_model_file(entry.path))
     c = Congealer.from_checkpoint(path)
+    cfg = B.BenchConfig(classic=False, refine=False)
     t0 = time.time()
-    rows = B._pck_rows(B.BenchConfig(classic=False), MODELS[args.model].classes[0], {args.model: c}, MODELS,
-                       lambda: None, B._gan_templates({args.model: path}, {args.model: c}))
-    print(f"{args.model}, overrides {over}: {time.time() - t0:.0f} s")
+    if args.fit_split == "train":
+        fit_images = B._perturbed_train_digits(cfg, digit, cfg.mnist_digits)
+    else:  # the measured images, as _pck_rows makes them (two perturbed copies of each test digit)
+        g = torch.Generator().manual_seed(cfg.seed)
+        digits = mnist_test_set([digit])[0][: cfg.mnist_digits]
+        fit_images = torch.cat([perturb_digits(digits, cfg.canvas, g).images, perturb_digits(digits, cfg.canvas, g).images])
+    refined, info = B._refined(fit_images, cfg, base=c, seed=cfg.seed,
+                               template=B._gan_templates({args.model: path}, {args.model: c}).get(args.model),
+                               stages=over.get("stages", "all"))
+    entries = {**MODELS, "refined": dataclasses.replace(entry, label=f"{entry.label} + refine ({args.fit_split} digits)")}
+    rows = B._pck_rows(cfg, digit, {args.model: c, "refined": refined}, entries, lambda: None)
+    print(f"fit: {info}")
+    print(f"{args.model}, fitted on {args.fit_split} digits, overrides {over}: {time.time() - t0:.0f} s")
     for r in rows:
         print(f"{r['task']:30s} {r['method'][:70]:70s} {r['pck@0.1']:.4f} {r['pck@0.05']:.4f} {r.get('fit_seconds', '')}")
 
