@@ -38,6 +38,8 @@ def main() -> None:
                                                                           if e.dataset == "mnist" and len(e.classes) == 1])
     p.add_argument("--fit-split", choices=("test", "train"), default="test",
                    help="digits refine is fitted on: the measured test digits (set-level, as the bench) or train digits")
+    p.add_argument("--train-digits", type=int, default=None,
+                   help="with --fit-split train: how many train digits (two copies each; default the bench's 200)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,7 +56,7 @@ def main() -> None:
     cfg = B.BenchConfig(classic=False, refine=False)
     t0 = time.time()
     if args.fit_split == "train":
-        fit_images = B._perturbed_train_digits(cfg, digit, cfg.mnist_digits)
+        fit_images = B._perturbed_train_digits(cfg, digit, args.train_digits or cfg.mnist_digits)
     else:  # the measured images, as _pck_rows makes them (two perturbed copies of each test digit)
         g = torch.Generator().manual_seed(cfg.seed)
         digits = mnist_test_set([digit])[0][: cfg.mnist_digits]

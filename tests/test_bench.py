@@ -302,3 +302,28 @@ def test_resume_refuses_a_changed_model_file(tmp_path):
     tiny_checkpoint(path, size=16, translate=0.25)  # another model at the same path
     with pytest.raises(ValueError, match="other model files"):
         B.run_bench(cfg, models=[], extra=extra, progress=False, resume=saved[-1])
+
+
+@pytest.mark.slow
+def test_mnist_refine_rows_all_stages_similarity_only_and_inductive(tmp_path, monkeypatch):
+    from gangealing.predictor import Congealer
+    from gangealing.zoo import ModelEntry
+    from helpers import tiny_checkpoint
+
+    c = Congealer.from_checkpoint(tiny_checkpoint(tmp_path / "m.pt", size=16), device="cpu")
+    entries = {"m": ModelEntry(str(tmp_path / "m.pt"), "mnist", ("3",), "M")}
+    cfg = B.BenchConfig(mnist_digits=6, refine_steps=1, classic=False)
+    seen = []
+    real = B._refined
+    monkeypatch.setattr(B, "_refined", lambda images, cfg, base=None, **kw: seen.append((images, base, kw.get("stages", "all")))
+                        or real(images, cfg, base=base, **kw))
+    rows = B._pck_rows(cfg, "3", {"m": c}, entries, lambda: None)
+    methods = {r["method"] for r in rows}
+    assert {"M + refine (set-level)", "M + refine, similarity only (set-level)",
+            "M + refine, similarity only (inductive: train digits)"} <= methods
+    fits = [(images, stages) for images, base, stages in seen if base is not None]
+    assert [s for _, s in fits] == ["all", "similarity", "similarity"]
+    assert torch.equal(fits[0][0], fits[1][0])  # set-level: the measured test copies
+    train = B._perturbed_train_digits(cfg, "3", 6)
+    assert torch.equal(fits[2][0], train) and not torch.equal(train, fits[0][0])  # inductive: train digits
+    assert all("fit_seconds" in r for r in rows if "refine" in r["method"])

@@ -135,14 +135,16 @@ def _rigid(images: torch.Tensor, flow_cells: int = 0):
     return rigid_congeal(images, RigidCongealingConfig(flow_cells=flow_cells))
 
 
-def _refined(images: torch.Tensor, cfg: BenchConfig, base=None, seed: int = 0, template: Optional[torch.Tensor] = None):
+def _refined(images: torch.Tensor, cfg: BenchConfig, base=None, seed: int = 0, template: Optional[torch.Tensor] = None,
+             stages: str = "all"):
     """(Congealer, row fields): a transformer refined on ``images`` (from nothing, or ``base``'s, a
-    Congealer; ``template``: its GAN target image, when its file holds the generator and target)."""
+    Congealer; ``template``: its GAN target image, when its file holds the generator and target;
+    ``stages``: refine's ``--stages``)."""
     from ..predictor import Congealer
     from ..train.refine import Refiner, default_config, scratch_stn
 
     stn = scratch_stn(seed=seed) if base is None else base.stn
-    rc = default_config(base is not None, steps=cfg.refine_steps, seed=seed,
+    rc = default_config(base is not None, steps=cfg.refine_steps, seed=seed, stages=stages,
                         distill_steps=cfg.refine_distill_steps if base is None else 0)  # holdout 10%: when to stop
     frame = Congealer(stn, flip=False)
     x = torch.cat([frame.prepare(images[s:s + 500])[0].cpu() for s in range(0, len(images), 500)])
@@ -234,6 +236,16 @@ def _mask_rows(cls: str, cfg: BenchConfig, congealers: Dict[str, Any], entries: 
     return rows
 
 
+def _perturbed_train_digits(cfg: BenchConfig, digit: str, n: int) -> torch.Tensor:
+    """The first ``n`` MNIST *train* digits of class ``digit``, two perturbed copies each (as the test
+    digits are perturbed, from another seed): what an inductive refine row is fitted on."""
+    from ..data.embedded import load_embedded
+
+    digits = torch.from_numpy(load_embedded("mnist", "train", classes=[digit]).images[:n, ..., 0].copy())
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    return torch.cat([perturb_digits(digits, cfg.canvas, g).images, perturb_digits(digits, cfg.canvas, g).images])
+
+
 def _pck_rows(cfg: BenchConfig, digit: str, congealers: Dict[str, Any], entries: Dict[str, ModelEntry], tick,
               templates: Optional[Dict[str, torch.Tensor]] = None) -> List[Dict[str, Any]]:
     templates = templates or {}
@@ -268,10 +280,19 @@ def _pck_rows(cfg: BenchConfig, digit: str, congealers: Dict[str, Any], entries:
         c, info = _refined(both, cfg, seed=cfg.seed)
         models["refine"], labels["refine"] = c, "refine from nothing (set-level: fitted on these images)"
         fit_s[labels["refine"]] = info["fit_seconds"]
-        for mname, base in _refine_bases(congealers, entries, "mnist", digit).items():
-            c, info = _refined(both, cfg, base=base, seed=cfg.seed, template=templates.get(mname))
-            models[mname + "+refine"], labels[mname + "+refine"] = c, f"{entries[mname].label} + refine (set-level)"
-            fit_s[labels[mname + "+refine"]] = info["fit_seconds"]
+        bases = _refine_bases(congealers, entries, "mnist", digit)
+        train = _perturbed_train_digits(cfg, digit, n) if bases else None
+        for mname, base in bases.items():
+            # All stages; then the similarity only (`refine --stages similarity`: the flow keeps the
+            # model's weights, so pose is corrected and no digit is bent onto another), fitted on
+            # these images and, inductively, on perturbed train digits (never the test digits).
+            fits = [("+refine", "+ refine (set-level)", both, "all"),
+                    ("+refine-sim", "+ refine, similarity only (set-level)", both, "similarity"),
+                    ("+refine-sim-train", "+ refine, similarity only (inductive: train digits)", train, "similarity")]
+            for key, suffix, fit_images, stages in fits:
+                c, info = _refined(fit_images, cfg, base=base, seed=cfg.seed, template=templates.get(mname), stages=stages)
+                models[mname + key], labels[mname + key] = c, f"{entries[mname].label} {suffix}"
+                fit_s[labels[mname + key]] = info["fit_seconds"]
     tick()
     for task, (ia, ib, gt) in tasks.items():
         vis = inside(src) & inside(gt)
