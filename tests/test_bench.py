@@ -184,6 +184,7 @@ def test_bench_command_runs(tmp_path):
     assert all(0 <= r["iou"] <= 1 for r in data["mask_transfer"])
     assert data["mnist_pck"] and (out / "results.md").is_file()
     assert data["train_throughput"] == []
+    assert not (out / "partial.json").exists()  # written after each part, removed with the results
 
 
 @pytest.mark.slow

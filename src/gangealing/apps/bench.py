@@ -632,6 +632,15 @@ def _check_resume(resume: Dict[str, Any], res: BenchResult) -> Dict[str, Any]:
     return resume
 
 
+def write_partial(res: BenchResult, done: List[str], path: Union[str, os.PathLike]) -> Path:
+    """Write ``res`` so far and the names of the parts ``done`` to ``path`` (atomically): what
+    ``run_bench(resume=...)`` continues from."""
+    from ..fileio import atomic_write
+
+    data = dict(dataclasses.asdict(res), done=list(done))
+    return atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, default=str) + "\n"), binary=False)
+
+
 def write_results(res: BenchResult, out_dir: Union[str, os.PathLike], command: str = "") -> Tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` into ``out_dir`` (each atomically)."""
     from ..fileio import atomic_write

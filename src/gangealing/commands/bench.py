@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys
@@ -75,8 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apps.bench import BenchConfig, run_bench, to_markdown, write_results
-    from ..fileio import atomic_write
+    from ..apps.bench import BenchConfig, run_bench, to_markdown, write_partial, write_results
 
     cfg = BenchConfig(pairs=args.pairs, animal_classes=tuple(args.classes), mnist_digits=args.digits, canvas=args.canvas,
                       cluster_images=args.cluster_images, route_images=args.route_images, throughput_images=args.throughput_images,
@@ -105,13 +103,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{partial} is not readable JSON ({e}); remove it or pass --fresh to start over") from e
         print(f"resuming from {partial}: {', '.join(resume.get('done') or []) or 'nothing'} done", file=sys.stderr)
 
-    def save_part(res, done) -> None:
-        data = dataclasses.asdict(res)
-        data["done"] = done
-        atomic_write(partial, lambda f: f.write(json.dumps(data, indent=1, default=str) + "\n"), binary=False)
-
     res = run_bench(cfg, models, device=args.device, progress=not args.no_progress, paths=paths, extra=extra,
-                    resume=resume, on_part=save_part)
+                    resume=resume, on_part=lambda r, done: write_partial(r, done, partial))
     # The command line as typed when run from a shell; in-process calls (tests) record the output folder only.
     if len(sys.argv) > 1 and sys.argv[1] == "bench":
         command = "gangealing bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
