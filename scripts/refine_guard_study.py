@@ -27,8 +27,6 @@ import torch
 def main() -> None:
     import gangealing.apps.bench as B
     import gangealing.train.refine as R
-    from gangealing.data.embedded import mnist_test_set
-    from gangealing.data.perturb import perturb_digits
     from gangealing.predictor import Congealer
     from gangealing.zoo import MODELS, resolve_model_file
 
@@ -58,9 +56,8 @@ def main() -> None:
     if args.fit_split == "train":
         fit_images = B._perturbed_train_digits(cfg, digit, args.train_digits or cfg.mnist_digits)
     else:  # the measured images, as _pck_rows makes them (two perturbed copies of each test digit)
-        g = torch.Generator().manual_seed(cfg.seed)
-        digits = mnist_test_set([digit])[0][: cfg.mnist_digits]
-        fit_images = torch.cat([perturb_digits(digits, cfg.canvas, g).images, perturb_digits(digits, cfg.canvas, g).images])
+        _, c1, c2, _ = B._pck_canvases(cfg, digit)
+        fit_images = torch.cat([c1.images, c2.images])
     refined, info = B._refined(fit_images, cfg, base=c, seed=cfg.seed,
                                template=B._gan_templates({args.model: path}, {args.model: c}).get(args.model),
                                stages=over.get("stages", "all"))

@@ -144,9 +144,9 @@ def test_flip_model_is_refined_on_the_images_as_it_faces_them():
     refiner = Refiner(stn, _tiny_cfg(steps=2, holdout=0.0), flip=True)
     flipped = stn(imgs, flip="auto", antialias=False).flipped
     assert flipped.any() and not flipped.all()
-    faced = refiner._facing(imgs)
+    faced = refiner._prepare(imgs)[0]
     assert torch.equal(faced[flipped], imgs[flipped].flip(3)) and torch.equal(faced[~flipped], imgs[~flipped])
-    assert torch.equal(Refiner(stn, _tiny_cfg(steps=2, holdout=0.0))._facing(imgs), imgs)  # no flips: as given
+    assert torch.equal(Refiner(stn, _tiny_cfg(steps=2, holdout=0.0))._prepare(imgs)[0], imgs)  # no flips: as given
     res = refiner.fit(imgs, progress_bar=False)
     assert res.steps == 2
 
@@ -215,6 +215,81 @@ def test_distillation_starts_from_the_set_level_fit():
     assert after < 0.8 * _spread(imgs)
 
 
+# ------------------------------------------------------------------------- clustering models
+
+
+def _two_shapes(n=12, size=16):
+    """Copies of two different shapes under random rotations and shifts: ``(2n, 3, S, S)``, the
+    shapes ``(2, 3, S, S)`` and each copy's shape ``(2n,)``."""
+    a, _ = _copies(n=n, size=size, seed=0)
+    bar = -torch.ones(1, 3, size, size)
+    s = size // 16
+    bar[..., 3 * s:6 * s, 3 * s:13 * s] = 1  # a bar on top and a block below it
+    bar[..., 8 * s:13 * s, 9 * s:12 * s] = 1
+    g = torch.Generator().manual_seed(1)
+    p = torch.stack([(torch.rand(n, generator=g) * 2 - 1) * math.radians(20), torch.zeros(n),
+                     (torch.rand(n, generator=g) * 2 - 1) * 0.2, (torch.rand(n, generator=g) * 2 - 1) * 0.2], 1)
+    b = warp(bar.expand(n, -1, -1, -1), affine_grid(params_to_matrix(p), size), padding_mode="border")
+    base_a = _copies(n=1, size=size, max_angle=0.0, max_shift=0.0)[0]
+    return torch.cat([a, b]), torch.cat([base_a, bar]), torch.arange(2).repeat_interleave(n)
+
+
+def _two_head_stn(size=16):
+    from gangealing.build import build
+    from gangealing.config import STNConfig
+
+    torch.manual_seed(0)
+    stn = build("stn", STNConfig(flow_size=size, input_size=size, channel_multiplier=0.125, max_channels=16, num_heads=2))
+    with torch.no_grad():  # a trained model's heads are not at the identity (and refine refuses one that is)
+        stn.stns[0].warp_head.linear.weight.normal_(0, 1e-3)
+    return stn
+
+
+def test_clustering_model_every_head_is_refined_on_its_own_cluster():
+    from gangealing.losses.perceptual import build_perceptual_loss
+    from gangealing.routing import TargetRouter
+
+    imgs, shapes, which = _two_shapes()
+    stn = _two_head_stn()
+    router = TargetRouter(templates=shapes, distance=build_perceptual_loss("l2"), loss="l2")
+    refiner = Refiner(stn, _tiny_cfg(steps=70, template="mean"), router=router)
+    x, heads = refiner._prepare(imgs)
+    assert torch.equal(heads, which) and torch.equal(x, imgs)  # routed to their shapes' heads, none mirrored
+    template = refiner._mean_congealed([(x, heads)])
+    assert template.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(template[1], refiner._forward(refiner.stn, x[which == 1], heads[which == 1]).images.mean(0))
+    res = refiner.fit(imgs, progress_bar=False)
+    assert res.stn.num_heads == 2
+    with torch.no_grad():
+        out = res.stn(imgs, heads=which).images
+        start = stn(imgs, heads=which).images
+        routed, flipped = router.route(res.stn, imgs)
+    assert torch.equal(routed, which) and not flipped.any()
+    for k in range(2):  # each head tightened its own cluster
+        assert _spread(out[which == k]) < 0.6 * _spread(start[which == k]), (k, _spread(start[which == k]), _spread(out[which == k]))
+
+
+def test_clustering_model_refine_errors():
+    from gangealing.losses.perceptual import build_perceptual_loss
+    from gangealing.routing import TargetRouter
+
+    _, shapes, _ = _two_shapes(n=2)
+    with pytest.raises(ValueError, match="clustering model"):
+        Refiner(_two_head_stn(), _tiny_cfg())
+    three = TargetRouter(templates=torch.cat([shapes, shapes[:1]]), distance=build_perceptual_loss("l2"))
+    with pytest.raises(ValueError, match="3 targets but the transformer has 2"):
+        Refiner(_two_head_stn(), _tiny_cfg(), router=three)
+    router = TargetRouter(templates=shapes, distance=build_perceptual_loss("l2"))
+    from gangealing.build import build
+    from gangealing.config import STNConfig
+
+    identity = build("stn", STNConfig(flow_size=16, input_size=16, channel_multiplier=0.125, max_channels=16, num_heads=2))
+    with pytest.raises(ValueError, match="no clusters to adapt"):
+        Refiner(identity, _tiny_cfg(), router=router)
+    with pytest.raises(ValueError, match="distill_steps"):
+        refine(_two_head_stn(), _two_shapes(n=4)[0], _tiny_cfg(steps=1, distill_steps=2), router=router)
+
+
 # --------------------------------------------------------------------------- files and CLI
 
 
@@ -263,15 +338,22 @@ def test_refine_command_from_nothing_and_align(tmp_path, monkeypatch):
     assert main(["refine", str(tmp_path / "imgs"), "--out", str(out), "--steps", "1", "--no-progress"]) == 1
 
 
-def test_refine_command_never_overwrites_the_input_model(tmp_path, monkeypatch, capsys):
+def _zoo_model_and_pngs(name, tmp_path, monkeypatch):
+    """The path of zoo model ``name`` (skips when this checkout lacks it), with six 32 px PNGs in tmp_path/imgs."""
     from gangealing.zoo import resolve_model
-    from gangealing.cli import main
 
-    src = resolve_model("gangealing-tiny-cat")
+    src = resolve_model(name)
     if src is None:
-        pytest.skip("models/gangealing-tiny-cat is not in this checkout")
+        pytest.skip(f"models/{name} is not in this checkout")
     monkeypatch.setenv("GANGEALING_CACHE", str(tmp_path / "cache"))
     _write_pngs(tmp_path / "imgs", size=32)
+    return src
+
+
+def test_refine_command_never_overwrites_the_input_model(tmp_path, monkeypatch, capsys):
+    from gangealing.cli import main
+
+    src = _zoo_model_and_pngs("gangealing-tiny-cat", tmp_path, monkeypatch)
     model = tmp_path / "model.pt"
     model.write_bytes(src.read_bytes())
     before = _sha(model)
@@ -286,3 +368,35 @@ def test_refine_command_never_overwrites_the_input_model(tmp_path, monkeypatch, 
 
     m = load_model(out)
     assert m.generator is not None and m.target is not None and m.meta["base"] == str(model)
+
+
+def test_refine_command_adapts_a_clustering_model(tmp_path, monkeypatch):
+    from gangealing.build import load_model
+    from gangealing.cli import main
+    from gangealing.predictor import Congealer
+
+    src = _zoo_model_and_pngs("gangealing-tiny-cat-k2flips", tmp_path, monkeypatch)
+    out = tmp_path / "refined.pt"
+    assert main(["refine", str(tmp_path / "imgs"), "--ckpt", str(src), "--out", str(out), "--steps", "2",
+                 "--holdout", "0.34", "--eval-every", "1", "--no-progress", "--device", "cpu"]) == 0
+    m = load_model(out)
+    assert m.stn.num_heads == 2 and m.meta["test"]["routing"] == "targets"
+    start = load_model(src).stn.state_dict()
+    assert any(not torch.equal(v, start[k]) for k, v in m.stn.state_dict().items())  # the heads moved
+    c = Congealer.from_checkpoint(out, device="cpu")
+    assert c.router is not None  # routed as it was fitted: by the GAN targets, not the classifier
+    imgs, _ = _copies(n=3, size=32)
+    assert c.align(imgs).cluster.shape == (3,)
+
+
+def test_refine_command_needs_a_clustering_models_generator(tmp_path, monkeypatch, capsys):
+    from gangealing.cli import main
+    from helpers import tiny_checkpoint
+
+    monkeypatch.setenv("GANGEALING_CACHE", str(tmp_path / "cache"))
+    _write_pngs(tmp_path / "imgs", size=16)
+    model = tiny_checkpoint(tmp_path / "k2.pt", heads=2)
+    assert main(["refine", str(tmp_path / "imgs"), "--ckpt", model, "--out", str(tmp_path / "r.pt"), "--steps", "1",
+                 "--no-progress", "--device", "cpu"]) == 1
+    assert "clustering model (2 heads) without its generator" in capsys.readouterr().err
+    assert not (tmp_path / "r.pt").exists()

@@ -209,7 +209,7 @@ def _negate_x_row(m: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 
 
-def _target_router(model, ckpt: Checkpoint, loss: Optional[str], device: torch.device) -> "TargetRouter":
+def target_router(model, ckpt: Checkpoint, loss: Optional[str], device: torch.device) -> "TargetRouter":
     """The nearest-target router of a clustering model loaded with its generator."""
     from .routing import TargetRouter
 
@@ -285,7 +285,7 @@ class Congealer:
         dev = torch.device(device) if device is not None else default_device()
         by_targets = routing == "targets" and clusters > 1
         model = load_model(ckpt, device=dev, with_generator=by_targets)
-        router = _target_router(model, ckpt, route_loss, dev) if by_targets else None
+        router = target_router(model, ckpt, route_loss, dev) if by_targets else None
         congealer = cls(
             model.stn,
             model.classifier,

@@ -246,15 +246,20 @@ def _perturbed_train_digits(cfg: BenchConfig, digit: str, n: int) -> torch.Tenso
     return torch.cat([perturb_digits(digits, cfg.canvas, g).images, perturb_digits(digits, cfg.canvas, g).images])
 
 
+def _pck_canvases(cfg: BenchConfig, digit: str):
+    """The measured test digits of class ``digit`` (the first ``cfg.mnist_digits``), their two
+    perturbed copies and the random generator after drawing them (the stroke points come next):
+    the images the keypoint rows and a set-level refine see."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    digits = mnist_test_set([digit])[0][: cfg.mnist_digits]
+    return digits, perturb_digits(digits, cfg.canvas, g), perturb_digits(digits, cfg.canvas, g), g
+
+
 def _pck_rows(cfg: BenchConfig, digit: str, congealers: Dict[str, Any], entries: Dict[str, ModelEntry], tick,
               templates: Optional[Dict[str, torch.Tensor]] = None) -> List[Dict[str, Any]]:
     templates = templates or {}
-    g = torch.Generator().manual_seed(cfg.seed)
-    digits, _ = mnist_test_set([digit])
-    digits = digits[: cfg.mnist_digits]
+    digits, c1, c2, g = _pck_canvases(cfg, digit)
     n = digits.size(0)
-    c1 = perturb_digits(digits, cfg.canvas, g)
-    c2 = perturb_digits(digits, cfg.canvas, g)
     other = torch.roll(torch.arange(n), 1)  # digit i -> digit i-1: a different digit of the class
     pts_d = stroke_points(digits, cfg.points, g)  # (N, P, 2) in digit pixels
     src = apply_affine(pts_d, c1.to_canvas)  # points in copy 1 of digit i

@@ -75,16 +75,25 @@ def run(args: argparse.Namespace) -> int:
 
     out = new_model_file(args.out, args.ckpt, args.overwrite, "the --ckpt file")
     dev = args.device or default_device()
-    model, template = None, None
+    model, template, router = None, None, None
     if args.ckpt is not None:
         from ..build import load_model
         from ..pretrained import resolve_checkpoint
 
         if args.size is not None:
             raise ValueError("--size is for a transformer from nothing; with --ckpt the model's own size is used")
-        model = load_model(resolve_checkpoint(args.ckpt), device=dev)
+        ckpt = resolve_checkpoint(args.ckpt)
+        model = load_model(ckpt, device=dev)
         stn = model.stn
-        if model.generator is not None and model.target is not None:
+        if stn.num_heads > 1:  # a clustering model: each image is routed to its nearest GAN target
+            from ..predictor import target_router
+
+            if model.generator is None or model.target is None:
+                raise ValueError(f"{args.ckpt} is a clustering model ({stn.num_heads} heads) without its generator and "
+                                 "target: refine routes each image to the nearest GAN target, so it needs them "
+                                 "(use the checkpoint `gangealing train` wrote)")
+            router = target_router(model, ckpt, None, dev)
+        elif model.generator is not None and model.target is not None:
             template = gan_template(model.generator, model.target, stn.cfg.flow_size)
     else:
         stn = scratch_stn(args.size or SCRATCH_SIZE, args.channels, seed=args.seed)
@@ -94,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
                          patience=args.patience, patience_after=args.patience_after, seed=args.seed,
                          stages=args.stages)
     test_settings = (model.meta.get("test") or {}) if model is not None else {}
-    flip = bool(test_settings.get("flip"))  # a model trained with --flips
+    flip = bool(test_settings.get("flip")) and router is None  # a model trained with --flips
     # Fitted at one similarity pass even when the model is applied with more (meta test iters):
     # fitting at the model's 2 passes measured slightly worse (Refiner's docstring, docs/refine.md).
-    refiner = Refiner(stn, cfg, template_image=template, device=dev, flip=flip)  # checks the template before loading images
+    refiner = Refiner(stn, cfg, template_image=template, device=dev, flip=flip, router=router)  # checks the template before loading images
     data = load_refine_images(args.data, stn.cfg.input_size, split=args.split, channels=stn.cfg.image_channels,
                               progress_bar=not args.no_progress)
     log = MetricsLogger(args.metrics, tensorboard=False) if args.metrics else None
@@ -107,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         if log is not None:
             log.close()
     test = dict(model.meta.get("test") or {}) if model is not None else None
+    if router is not None:  # routed as it was fitted (the classifier, if any, knew the old transformer)
+        test["routing"] = "targets"
     save_refined(res, out, cfg=cfg, base=args.ckpt, base_model=model, data=str(args.data), test=test)
     print(f"refined on {res.train_images} images ({res.holdout_images} held out) in {res.steps} steps, "
           f"{res.seconds:.0f} s ({res.images_per_s:.0f} images/s, stopped by {res.stopped}); "

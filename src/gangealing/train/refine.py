@@ -23,6 +23,15 @@ zoom or drift; each image's scale relative to the start is bounded (``max_log_sc
 and the warp is anchored to the start. A transformer from nothing starts at the identity, so
 "relative to the start" means relative to the input frame.
 
+Clustering models (K heads): every head is adapted, each on its own cluster. As training's hard
+min-assignment, each image goes to the head whose congealed image is nearest that head's GAN target
+(a :class:`~gangealing.routing.TargetRouter`: the model's training distance and its mirror choice;
+the transformer being fitted routes, so assignments follow the fit), and the alignment term
+compares it with its cluster's template (one running average congealed image per cluster, started
+from the images routed there; a cluster no image reaches starts at its GAN target). The refined
+model routes the same way (``meta["test"]["routing"] = "targets"``). Routing costs K transformer
+passes per image on every step.
+
 From nothing (:func:`scratch_stn`): an identity-initialised small transformer; its flow is frozen
 for the first ``flow_warmup`` of the steps so that the similarity does the coarse work first.
 
@@ -177,10 +186,12 @@ class Refiner:
     faces them). ``iters``: similarity passes the transformer is fitted with (default 1, also for a
     model applied with more: on the perturbed-MNIST guard, ``gangealing-tiny-mnist3`` (2 passes)
     refined at its 2 passes gave PCK 0.9645 / 0.9010 against 0.9690 / 0.9050 at one pass,
-    docs/refine.md)."""
+    docs/refine.md). A clustering model (K heads) needs ``router`` (a
+    :class:`~gangealing.routing.TargetRouter`, whose templates are the heads' GAN targets and replace
+    ``template_image``) and routes every image to a head as the module docstring says."""
 
     def __init__(self, stn: nn.Module, cfg: RefineConfig = RefineConfig(), *, template_image: Optional[torch.Tensor] = None,
-                 device: Union[str, torch.device, None] = None, flip: bool = False, iters: int = 1):
+                 device: Union[str, torch.device, None] = None, flip: bool = False, iters: int = 1, router=None):
         if cfg.stages not in ("all", "similarity"):
             raise ValueError(f"stages must be 'all' or 'similarity', got {cfg.stages!r}")
         if cfg.template not in ("auto", "mean", "gan", "both"):
@@ -189,10 +200,22 @@ class Refiner:
         if kind in ("gan", "both") and template_image is None:
             raise ValueError(f"template={kind!r} needs the model's GAN target; this model has no generator and target "
                              "(use template='mean')")
-        if stn.num_heads != 1:
-            raise ValueError("refine supports single-cluster models (num_heads = 1) only")
-        self.cfg, self.kind = cfg, kind
+        self.cfg = cfg
         self.device = torch.device(device) if device is not None else next(stn.parameters()).device
+        self.heads, self.router = int(stn.num_heads), None
+        if self.heads > 1:
+            if router is None:
+                raise ValueError(f"this is a clustering model ({self.heads} heads): refining it routes each image to the "
+                                 "head whose GAN target is nearest, so it needs the model's generator and target "
+                                 "(pass router=TargetRouter.from_model(...); `gangealing refine --ckpt` does this)")
+            if router.num_clusters != self.heads:
+                raise ValueError(f"the router has {router.num_clusters} targets but the transformer has {self.heads} heads")
+            if flip:
+                raise ValueError("a clustering model mirrors images by its routing (router.flips), not by flip inference")
+            self.router = router.to(self.device)
+            template_image = router.templates
+            kind = "both" if cfg.template == "auto" else cfg.template
+        self.kind = kind
         self.start = copy.deepcopy(stn).to(self.device).eval().requires_grad_(False)
         self.stn = copy.deepcopy(stn).to(self.device).train()
         self.gan = None if template_image is None else template_image.to(self.device, torch.float32)
@@ -208,6 +231,8 @@ class Refiner:
         self.iters = int(iters)
         self.from_identity = not any(p.abs().sum() > 0 for n, p in stn.named_parameters() if "warp_head" in n
                                      and n.endswith(("linear.weight", "linear.bias", "flow_out.2.weight", "flow_out.2.bias")))
+        if self.heads > 1 and self.from_identity:
+            raise ValueError("a clustering transformer at the identity has no clusters to adapt; refine a trained model")
 
     # -- pieces --------------------------------------------------------------------------------
 
@@ -216,40 +241,57 @@ class Refiner:
         return a + (b - a) * min(1.0, step / max(1, total - 1))
 
     @torch.no_grad()
-    def _facing(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` mirrored where the starting model's flip inference mirrors it (unchanged without flips)."""
+    def _prepare(self, x: torch.Tensor):
+        """``(x, heads)``: ``x`` as the model faces it (mirrored where the starting model's flip
+        inference, or a clustering model's routing, mirrors it) and, for K heads, each image's head
+        ``(N,)`` (the current transformer routes; None for one head)."""
+        if self.router is not None:
+            heads, flipped = self.router.route(self.stn, x, iters=self.iters)
+            return torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x), heads
         if not self.flip:
-            return x
+            return x, None
         flipped = self.start(x, flip="auto", antialias=False, iters=self.iters).flipped
-        return torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x)
+        return torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x), None
 
-    def _forward(self, stn: nn.Module, x: torch.Tensor):
-        return stn(x, antialias=False, iters=self.iters)  # congealed at flow_size; same-size sampling needs no mipmaps
+    def _forward(self, stn: nn.Module, x: torch.Tensor, heads: Optional[torch.Tensor] = None):
+        # Congealed at flow_size; same-size sampling needs no mipmaps.
+        return stn(x, antialias=False, iters=self.iters, heads=heads)
 
     @torch.no_grad()
     def _mean_congealed(self, batches) -> torch.Tensor:
-        total, count = None, 0
-        for x in batches:
-            img = self._forward(self.stn, x).images
-            total = img.sum(0, keepdim=True) if total is None else total + img.sum(0, keepdim=True)
-            count += img.size(0)
-        return total / count
+        """``(K, C, S, S)``: the mean congealed image of the images each head gets (K = 1: of all);
+        a head that gets none keeps its GAN target."""
+        total, count = None, torch.zeros(self.heads, device=self.device)
+        for x, heads in batches:
+            img = self._forward(self.stn, x, heads).images
+            h = torch.zeros(img.size(0), dtype=torch.long, device=img.device) if heads is None else heads
+            total = img.new_zeros(self.heads, *img.shape[1:]) if total is None else total
+            total.index_add_(0, h, img)
+            count += torch.bincount(h, minlength=self.heads).to(count)
+        mean = total / count.clamp(min=1).view(-1, 1, 1, 1)
+        if self.heads > 1:
+            mean = torch.where((count > 0).view(-1, 1, 1, 1), mean, self.gan)
+        return mean
 
-    def _distance(self, congealed: torch.Tensor, template: torch.Tensor, sigma: float) -> torch.Tensor:
-        """Per-image mean squared distance ``(N,)`` of blurred congealed images to the template(s)."""
+    def _distance(self, congealed: torch.Tensor, template: torch.Tensor, sigma: float,
+                  heads: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-image mean squared distance ``(N,)`` of blurred congealed images to the template(s):
+        with ``heads`` ``(N,)``, to the templates (``(K, C, S, S)``) of each image's head."""
         c = gaussian_blur(congealed, sigma)
+        pick = (lambda t: t) if heads is None else (lambda t: t[heads])  # noqa: E731
         d = []
         if self.kind in ("mean", "both"):
-            d.append((c - gaussian_blur(template, sigma)).square().flatten(1).mean(1))
+            d.append((c - pick(gaussian_blur(template, sigma))).square().flatten(1).mean(1))
         if self.kind in ("gan", "both"):
-            d.append((c - gaussian_blur(self.gan, sigma)).square().flatten(1).mean(1))
+            d.append((c - pick(gaussian_blur(self.gan, sigma))).square().flatten(1).mean(1))
         return sum(d) / len(d)
 
-    def loss(self, x: torch.Tensor, template: torch.Tensor, sigma: float):
-        """Total loss, its terms, and the congealed batch (for the template update)."""
+    def loss(self, x: torch.Tensor, template: torch.Tensor, sigma: float, heads: Optional[torch.Tensor] = None):
+        """Total loss, its terms, and the congealed batch (for the template update); ``heads``
+        ``(N,)``: each image's head (clustering models)."""
         cfg = self.cfg
-        res = self._forward(self.stn, x)
-        terms: Dict[str, torch.Tensor] = {"align": self._distance(res.images, template, sigma).mean()}
+        res = self._forward(self.stn, x, heads)
+        terms: Dict[str, torch.Tensor] = {"align": self._distance(res.images, template, sigma, heads).mean()}
         if res.flow is not None:
             terms["tv"] = total_variation_loss(res.flow)
             terms["identity"] = flow_identity_loss(res.flow)
@@ -257,7 +299,7 @@ class Refiner:
             start_grid, start_matrix, start_flow = None, None, None
         else:
             with torch.no_grad():
-                s = self._forward(self.start, x)
+                s = self._forward(self.start, x, heads)
             start_grid, start_matrix, start_flow = s.grid, s.matrix, s.flow
         pose_parts = []
         if res.matrix is not None:
@@ -321,7 +363,7 @@ class Refiner:
                              f"({self.stn.cfg.image_channels}, {s_in}, {s_in}); load them with "
                              f"load_refine_images(source, size={s_in})")
         train_idx, held_idx = _split(n, cfg.holdout, cfg.seed)
-        load = lambda idx: self._facing(get(idx.numpy() if not isinstance(images, torch.Tensor) else idx).to(self.device))  # noqa: E731
+        load = lambda idx: self._prepare(get(idx.numpy() if not isinstance(images, torch.Tensor) else idx).to(self.device))  # noqa: E731
         chunks = lambda idx: (load(idx[s:s + 256]) for s in range(0, len(idx), 256))  # noqa: E731
         gen = seed_everything(cfg.seed)
         flow_params = [p for n_, p in self.stn.named_parameters() if n_.startswith("stns.") and
@@ -336,8 +378,10 @@ class Refiner:
         warm = int(cfg.flow_warmup * cfg.steps)
         t0 = time.time()
         if cfg.distill_steps > 0:
-            self._distill(torch.cat(list(chunks(train_idx))), gen, progress_bar, log)
-        template = self._mean_congealed(chunks(train_idx))  # (1, C, S, S)
+            if self.heads > 1:
+                raise ValueError("distill_steps is for one head (the set-level teacher has no clusters); set it to 0")
+            self._distill(torch.cat([x for x, _ in chunks(train_idx)]), gen, progress_bar, log)
+        template = self._mean_congealed(chunks(train_idx))  # (K, C, S, S)
         final_sigma = float(cfg.blur[1])
 
         def held_loss() -> float:
@@ -345,8 +389,8 @@ class Refiner:
                 return float("nan")
             self.stn.eval()
             with torch.no_grad():
-                d = torch.cat([self._distance(self._forward(self.stn, x).images, template, final_sigma)
-                               for x in chunks(held_idx)])
+                d = torch.cat([self._distance(self._forward(self.stn, x, h).images, template, final_sigma, h)
+                               for x, h in chunks(held_idx)])
             self.stn.train()
             return float(d.mean())
 
@@ -360,16 +404,21 @@ class Refiner:
                     stopped = "minutes"
                     break
                 idx = train_idx[torch.randint(len(train_idx), (min(cfg.batch, len(train_idx)),), generator=gen)]
-                x = load(idx)
+                x, heads = load(idx)
                 if len(flow_params) and self.from_identity:
                     opt.param_groups[-1]["lr"] = 0.0 if step < warm else cfg.lr
                 sigma = self._sigma(step, cfg.steps)
-                total, terms, congealed = self.loss(x, template, sigma)
+                total, terms, congealed = self.loss(x, template, sigma, heads)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
                 with torch.no_grad():
-                    template.lerp_(congealed.detach().mean(0, keepdim=True), 1 - cfg.template_decay)
+                    congealed = congealed.detach()
+                    if heads is None:
+                        template.lerp_(congealed.mean(0, keepdim=True), 1 - cfg.template_decay)
+                    else:  # each cluster's template moves toward the batch mean of its images
+                        for k in heads.unique().tolist():
+                            template[k:k + 1].lerp_(congealed[heads == k].mean(0, keepdim=True), 1 - cfg.template_decay)
                 step += 1
                 bar.update(1)
                 row = {k: float(v.detach()) for k, v in terms.items()}
@@ -406,10 +455,10 @@ class Refiner:
 
 
 def refine(stn: nn.Module, images, cfg: RefineConfig = RefineConfig(), *, template_image: Optional[torch.Tensor] = None,
-           progress_bar: bool = False, device=None, flip: bool = False, iters: int = 1) -> RefineResult:
+           progress_bar: bool = False, device=None, flip: bool = False, iters: int = 1, router=None) -> RefineResult:
     """:class:`Refiner` in one call."""
     return Refiner(stn, cfg, template_image=template_image, device=device, flip=flip,
-                   iters=iters).fit(images, progress_bar=progress_bar)
+                   iters=iters, router=router).fit(images, progress_bar=progress_bar)
 
 
 def load_refine_images(source: Union[str, os.PathLike], size: int, *, split: str = "train", channels: int = 3,
