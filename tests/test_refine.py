@@ -106,6 +106,18 @@ def test_holdout_early_stopping_and_result():
     assert res.stopped in {"steps", "patience"} and res.steps <= 20 and res.images_per_s > 0
 
 
+def test_large_collections_cap_the_held_out_split_and_the_first_template():
+    imgs, _ = _copies(n=12, size=16)
+    fit = lambda **kw: refine(scratch_stn(16, 16), imgs, _tiny_cfg(steps=1, holdout=0.5, **kw))  # noqa: E731
+    full = fit()
+    assert full.holdout_images == 6 and fit(max_holdout=2).holdout_images == 2
+    # The first template is the mean of at most init_images training images (a seeded subset).
+    assert fit(init_images=6).initial_holdout_loss == full.initial_holdout_loss  # all 6 training images
+    one, one_again = fit(init_images=1), fit(init_images=1)
+    assert one.initial_holdout_loss != full.initial_holdout_loss
+    assert one.initial_holdout_loss == one_again.initial_holdout_loss
+
+
 def test_scratch_stn_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(1)
     a = scratch_stn(16, 16)

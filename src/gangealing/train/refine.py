@@ -101,6 +101,11 @@ class RefineConfig:
     distill_steps: int = 0  # steps regressing the grids of a set-level fit (baselines.rigid) before the objective
     teacher_flow_cells: int = 8  # per-image flow resolution of that fit
     holdout: float = 0.1  # fraction of the images held out to decide when to stop
+    max_holdout: int = 1000  # at most this many held out: each check costs a pass over them
+    # The first template is the mean congealed image of at most this many training images (a seeded
+    # random subset of a larger collection; the running average takes over from there), so a
+    # collection of 100,000 images does not start with a pass over all of them.
+    init_images: int = 4096
     eval_every: int = 25
     patience: int = 8
     patience_after: float = 0.5  # fraction of the steps before which evaluations do not count toward patience
@@ -166,12 +171,12 @@ def pose_of(matrix: torch.Tensor) -> torch.Tensor:
     return torch.stack([angle, 0.5 * det.log(), matrix[:, 0, 2], matrix[:, 1, 2]], -1)
 
 
-def _split(n: int, holdout: float, seed: int):
+def _split(n: int, holdout: float, seed: int, max_holdout: int = 1000):
     if n < 2:
         raise ValueError(f"refine needs at least 2 images, got {n}")
     if holdout <= 0:
         return torch.arange(n), torch.arange(0)
-    k = max(2, int(round(n * holdout)))
+    k = min(max(2, max_holdout), max(2, int(round(n * holdout))))
     if n - k < 2:
         raise ValueError(f"{n} images are too few to hold out a split (need at least {MIN_IMAGES}); add images or "
                          "pass --holdout 0 to fit on all of them without early stopping")
@@ -362,7 +367,7 @@ class Refiner:
             raise ValueError(f"images are {tuple(probe.shape[1:])} but the transformer takes "
                              f"({self.stn.cfg.image_channels}, {s_in}, {s_in}); load them with "
                              f"load_refine_images(source, size={s_in})")
-        train_idx, held_idx = _split(n, cfg.holdout, cfg.seed)
+        train_idx, held_idx = _split(n, cfg.holdout, cfg.seed, cfg.max_holdout)
         load = lambda idx: self._prepare(get(idx.numpy() if not isinstance(images, torch.Tensor) else idx).to(self.device))  # noqa: E731
         chunks = lambda idx: (load(idx[s:s + 256]) for s in range(0, len(idx), 256))  # noqa: E731
         gen = seed_everything(cfg.seed)
@@ -381,7 +386,11 @@ class Refiner:
             if self.heads > 1:
                 raise ValueError("distill_steps is for one head (the set-level teacher has no clusters); set it to 0")
             self._distill(torch.cat([x for x, _ in chunks(train_idx)]), gen, progress_bar, log)
-        template = self._mean_congealed(chunks(train_idx))  # (K, C, S, S)
+        init_idx = train_idx
+        if len(train_idx) > cfg.init_images:
+            pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.init_images]
+            init_idx = train_idx[pick].sort().values
+        template = self._mean_congealed(chunks(init_idx))  # (K, C, S, S)
         final_sigma = float(cfg.blur[1])
 
         def held_loss() -> float:
