@@ -271,6 +271,8 @@ def test_a_stopped_bench_resumes_from_its_parts(monkeypatch):
     assert computed == ["dog"]  # the cat rows came from the partial results
     assert resumed.mask_transfer == full.mask_transfer and resumed.mnist_pck == full.mnist_pck
     assert parts[-1] == ["animals:cat", "animals:dog", "mnist:3"]
+    # The total time counts every sitting: the stopped run's time (kept in the partial file) and this one's.
+    assert saved[-1]["seconds"] > 0 and resumed.seconds >= saved[-1]["seconds"]
     with pytest.raises(ValueError, match="another configuration"):
         B.run_bench(_quick_cfg(pairs=11), congealers={}, progress=False, resume=saved[-1])
 

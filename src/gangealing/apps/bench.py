@@ -462,6 +462,8 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
                       model_sha256={n: sha256_file(p) for n, p in paths.items() if Path(p).is_file()})
     done: List[str] = []
     prior = _check_resume(resume, res) if resume is not None else None
+    # Total time over every sitting: a resumed run adds its own time to the stopped runs'.
+    elapsed = lambda: round(float((prior or {}).get("seconds") or 0.0) + time.time() - t_start, 1)  # noqa: E731
 
     def part(name: str, section: str, compute: Callable[[], List[Dict[str, Any]]], key=None) -> None:
         """Rows of one part: from ``resume`` when it holds the part, else computed; then ``on_part``."""
@@ -471,6 +473,7 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
         else:
             getattr(res, section).extend(compute())
         done.append(name)
+        res.seconds = elapsed()
         if on_part is not None:
             on_part(res, list(done))
     classes = list(cfg.animal_classes) + sorted({entries[n].classes[0] for n in congealers
@@ -533,7 +536,7 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
     res.environment = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
                            processor=platform.processor() or "", cpu_count=os.cpu_count(),
                            threads=torch.get_num_threads(), device=device)
-    res.seconds = round(time.time() - t_start, 1)
+    res.seconds = elapsed()
     return res
 
 
