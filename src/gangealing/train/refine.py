@@ -81,7 +81,7 @@ SCRATCH_CHANNELS = 64
 class RefineConfig:
     """Hyper-parameters of :class:`Refiner` (weights are relative to a mean squared error in [-1, 1] units)."""
 
-    steps: int = 600
+    steps: int = 400  # the bench's length; 1,000 images at 32 px fit in under 5 minutes on 2 cores (BENCHMARKS.md)
     minutes: Optional[float] = None  # wall-clock budget; None: no limit
     batch: int = 32
     lr: float = 2e-3
