@@ -272,7 +272,9 @@ def test_a_stopped_bench_resumes_from_its_parts(monkeypatch):
     assert resumed.mask_transfer == full.mask_transfer and resumed.mnist_pck == full.mnist_pck
     assert parts[-1] == ["animals:cat", "animals:dog", "mnist:3"]
     # The total time counts every sitting: the stopped run's time (kept in the partial file) and this one's.
-    assert saved[-1]["seconds"] > 0 and resumed.seconds >= saved[-1]["seconds"]
+    assert saved[-1]["seconds"] >= 0 and resumed.seconds >= saved[-1]["seconds"]
+    again = B.run_bench(_quick_cfg(), congealers={}, progress=False, resume=dict(saved[-1], seconds=1000.0))
+    assert 1000.0 <= again.seconds < 1000.0 + 600
     with pytest.raises(ValueError, match="another configuration"):
         B.run_bench(_quick_cfg(pairs=11), congealers={}, progress=False, resume=saved[-1])
 
@@ -330,3 +332,14 @@ def test_mnist_refine_rows_all_stages_similarity_only_and_inductive(tmp_path, mo
     train = B._perturbed_train_digits(cfg, "3", 6)
     assert torch.equal(fits[2][0], train) and not torch.equal(train, fits[0][0])  # inductive: train digits
     assert all("fit_seconds" in r for r in rows if "refine" in r["method"])
+
+
+def test_bench_command_takes_model_repeated_and_listed():
+    from gangealing.cli import build_parser
+
+    parse = build_parser().parse_args
+    args = parse(["bench", "--model", "a.pt=animals:cat", "--model", "b.pt=mnist", "c.pt=mnist:3",
+                  "--model-path", "gangealing-cat=x.pt", "--model-path", "gangealing-dog=y.pt"])
+    assert args.model == ["a.pt=animals:cat", "b.pt=mnist", "c.pt=mnist:3"]
+    assert args.model_path == ["gangealing-cat=x.pt", "gangealing-dog=y.pt"]
+    assert parse(["bench"]).model == [] and parse(["bench"]).model_path == []  # the default is not shared

@@ -161,6 +161,21 @@ def test_flip_model_is_refined_on_the_images_as_it_faces_them():
     assert torch.equal(Refiner(stn, _tiny_cfg(steps=2, holdout=0.0))._prepare(imgs)[0], imgs)  # no flips: as given
     res = refiner.fit(imgs, progress_bar=False)
     assert res.steps == 2
+    # The training steps read the starting model's view of each image from a cache computed once:
+    # the same facing and the same warp as computing it on the step, for repeated indices too.
+    from gangealing.train.refine import _StartCache
+
+    cache = _StartCache(refiner, len(imgs))
+    assert cache.enabled and not _StartCache(refiner, len(imgs), max_bytes=1000).enabled
+    for idx in (torch.tensor([3, 12, 3, 0]), torch.tensor([12, 15, 0, 8])):
+        x, heads, (grid, matrix, flow) = cache.batch(idx, imgs[idx])
+        assert heads is None and torch.equal(x, refiner._prepare(imgs[idx])[0])
+        with torch.no_grad():
+            ref = refiner._forward(refiner.start, x)
+        for got, want in ((grid, ref.grid), (matrix, ref.matrix), (flow, ref.flow)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert sorted(cache.rows) == [0, 3, 8, 12, 15]
+    assert not _StartCache(Refiner(scratch_stn(16, 16), _tiny_cfg()), 16).enabled  # from nothing: no start to keep
 
 
 def test_stages_similarity_keeps_the_flow_and_trains_the_rest():

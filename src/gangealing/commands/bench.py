@@ -38,11 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "are missing are skipped and listed.")
     p.add_argument("--out", default="bench", help="folder for results.json and results.md")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None, help="registry models (default: all)")
-    p.add_argument("--model", nargs="+", default=[], metavar="FILE=DATA[=LABEL]",
+    p.add_argument("--model", nargs="+", action="extend", default=[], metavar="FILE=DATA[=LABEL]",
                    help="bench any model file on the embedded data it aligns: DATA is animals:CLASS (mask transfer "
                         "on that class), mnist:DIGIT (PCK under perturbations) or mnist (10-cluster accuracy). "
                         "Without --models, only these are measured (beside the baselines)")
-    p.add_argument("--model-path", nargs="+", default=[], metavar="NAME=FILE",
+    p.add_argument("--model-path", nargs="+", action="extend", default=[], metavar="NAME=FILE",
                    help="use FILE for registry model NAME (e.g. a run's model.pt before it is copied under models/)")
     p.add_argument("--pairs", type=int, default=d.pairs, help="random same-class mask-transfer pairs per class")
     p.add_argument("--classes", nargs="+", default=list(d.animal_classes), help="animal classes for mask transfer")

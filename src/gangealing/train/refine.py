@@ -291,9 +291,11 @@ class Refiner:
             d.append((c - pick(gaussian_blur(self.gan, sigma))).square().flatten(1).mean(1))
         return sum(d) / len(d)
 
-    def loss(self, x: torch.Tensor, template: torch.Tensor, sigma: float, heads: Optional[torch.Tensor] = None):
+    def loss(self, x: torch.Tensor, template: torch.Tensor, sigma: float, heads: Optional[torch.Tensor] = None,
+             start: Optional[tuple] = None):
         """Total loss, its terms, and the congealed batch (for the template update); ``heads``
-        ``(N,)``: each image's head (clustering models)."""
+        ``(N,)``: each image's head (clustering models); ``start``: the starting model's
+        ``(grid, matrix, flow)`` of ``x`` when already known (:class:`_StartCache`)."""
         cfg = self.cfg
         res = self._forward(self.stn, x, heads)
         terms: Dict[str, torch.Tensor] = {"align": self._distance(res.images, template, sigma, heads).mean()}
@@ -302,6 +304,8 @@ class Refiner:
             terms["identity"] = flow_identity_loss(res.flow)
         if self.from_identity:
             start_grid, start_matrix, start_flow = None, None, None
+        elif start is not None:
+            start_grid, start_matrix, start_flow = start
         else:
             with torch.no_grad():
                 s = self._forward(self.start, x, heads)
@@ -368,7 +372,9 @@ class Refiner:
                              f"({self.stn.cfg.image_channels}, {s_in}, {s_in}); load them with "
                              f"load_refine_images(source, size={s_in})")
         train_idx, held_idx = _split(n, cfg.holdout, cfg.seed, cfg.max_holdout)
-        load = lambda idx: self._prepare(get(idx.numpy() if not isinstance(images, torch.Tensor) else idx).to(self.device))  # noqa: E731
+        fetch = lambda idx: get(idx.numpy() if not isinstance(images, torch.Tensor) else idx).to(self.device)  # noqa: E731
+        load = lambda idx: self._prepare(fetch(idx))  # noqa: E731
+        cache = _StartCache(self, len(train_idx))
         chunks = lambda idx: (load(idx[s:s + 256]) for s in range(0, len(idx), 256))  # noqa: E731
         gen = seed_everything(cfg.seed)
         flow_params = [p for n_, p in self.stn.named_parameters() if n_.startswith("stns.") and
@@ -413,11 +419,14 @@ class Refiner:
                     stopped = "minutes"
                     break
                 idx = train_idx[torch.randint(len(train_idx), (min(cfg.batch, len(train_idx)),), generator=gen)]
-                x, heads = load(idx)
+                if cache.enabled:  # the starting model's view of each image, computed once
+                    x, heads, start = cache.batch(idx, fetch(idx))
+                else:
+                    (x, heads), start = load(idx), None
                 if len(flow_params) and self.from_identity:
                     opt.param_groups[-1]["lr"] = 0.0 if step < warm else cfg.lr
                 sigma = self._sigma(step, cfg.steps)
-                total, terms, congealed = self.loss(x, template, sigma, heads)
+                total, terms, congealed = self.loss(x, template, sigma, heads, start)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
@@ -461,6 +470,39 @@ class Refiner:
                             images_per_s=step * min(cfg.batch, len(train_idx)) / max(seconds, 1e-9),
                             stopped=stopped, train_images=len(train_idx), holdout_images=len(held_idx),
                             history=history)
+
+
+class _StartCache:
+    """The frozen starting model's view of each training image, kept by index: whether its flip
+    inference mirrors the image, and its warp ``(grid, matrix, flow)`` of the image as faced. Both are
+    fixed, so they are computed once per image instead of on every step (the pose and anchor terms
+    need them): an adapted model's step then costs one transformer pass with its backward, not two
+    passes (three with flips). Used for one head (a clustering model's heads follow the fit) and while
+    the cache stays under ``max_bytes`` (512 MB: about 32,000 images at 32 px)."""
+
+    def __init__(self, refiner: "Refiner", n: int, max_bytes: int = 512 * 2 ** 20):
+        self.r, self.rows = refiner, {}
+        per_image = 4 * 4 * refiner.size ** 2 + 64  # grid and flow (2 x S x S floats each), matrix, flag
+        self.enabled = not refiner.from_identity and refiner.heads == 1 and n * per_image <= max_bytes
+
+    @torch.no_grad()
+    def batch(self, idx: torch.Tensor, raw: torch.Tensor):
+        """``(x, heads, start)`` for images ``raw`` ``(B, C, S, S)`` of training indices ``idx``
+        ``(B,)``: ``x`` as faced, ``heads`` None, ``start`` the starting model's warp of ``x``."""
+        r, ids = self.r, idx.tolist()
+        new = [j for j, i in enumerate(ids) if i not in self.rows and i not in ids[:j]]
+        if new:
+            xs = raw[new]
+            flipped = (r.start(xs, flip="auto", antialias=False, iters=r.iters).flipped if r.flip
+                       else torch.zeros(len(new), dtype=torch.bool, device=xs.device))
+            s = r._forward(r.start, torch.where(flipped.view(-1, 1, 1, 1), xs.flip(3), xs))
+            for k, j in enumerate(new):
+                self.rows[ids[j]] = (bool(flipped[k]), s.grid[k], None if s.matrix is None else s.matrix[k],
+                                     None if s.flow is None else s.flow[k])
+        rows = [self.rows[i] for i in ids]
+        flipped = torch.tensor([row[0] for row in rows], device=raw.device)
+        stack = lambda k: None if rows[0][k] is None else torch.stack([row[k] for row in rows])  # noqa: E731
+        return torch.where(flipped.view(-1, 1, 1, 1), raw.flip(3), raw), None, (stack(1), stack(2), stack(3))
 
 
 def refine(stn: nn.Module, images, cfg: RefineConfig = RefineConfig(), *, template_image: Optional[torch.Tensor] = None,
