@@ -313,6 +313,8 @@ def test_clustering_model_refine_errors():
     identity = build("stn", STNConfig(flow_size=16, input_size=16, channel_multiplier=0.125, max_channels=16, num_heads=2))
     with pytest.raises(ValueError, match="no clusters to adapt"):
         Refiner(identity, _tiny_cfg(), router=router)
+    for template in ("gan", "both", "mean"):  # the router's templates are the GAN targets
+        assert Refiner(_two_head_stn(), _tiny_cfg(template=template), router=router).kind == template
     with pytest.raises(ValueError, match="distill_steps"):
         refine(_two_head_stn(), _two_shapes(n=4)[0], _tiny_cfg(steps=1, distill_steps=2), router=router)
 

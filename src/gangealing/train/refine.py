@@ -201,6 +201,8 @@ class Refiner:
             raise ValueError(f"stages must be 'all' or 'similarity', got {cfg.stages!r}")
         if cfg.template not in ("auto", "mean", "gan", "both"):
             raise ValueError(f"template must be 'auto', 'mean', 'gan' or 'both', got {cfg.template!r}")
+        if router is not None:  # a clustering model: the heads' GAN targets are the router's templates
+            template_image = router.templates
         kind = ("both" if template_image is not None else "mean") if cfg.template == "auto" else cfg.template
         if kind in ("gan", "both") and template_image is None:
             raise ValueError(f"template={kind!r} needs the model's GAN target; this model has no generator and target "
@@ -218,8 +220,6 @@ class Refiner:
             if flip:
                 raise ValueError("a clustering model mirrors images by its routing (router.flips), not by flip inference")
             self.router = router.to(self.device)
-            template_image = router.templates
-            kind = "both" if cfg.template == "auto" else cfg.template
         self.kind = kind
         self.start = copy.deepcopy(stn).to(self.device).eval().requires_grad_(False)
         self.stn = copy.deepcopy(stn).to(self.device).train()
