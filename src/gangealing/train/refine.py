@@ -252,11 +252,15 @@ class Refiner:
         ``(N,)`` (the current transformer routes; None for one head)."""
         if self.router is not None:
             heads, flipped = self.router.route(self.stn, x, iters=self.iters)
-            return torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x), heads
+            return _mirrored(x, flipped), heads
+        return _mirrored(x, self._start_flips(x)), None
+
+    @torch.no_grad()
+    def _start_flips(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` bool: where the starting model's flip inference mirrors ``x`` (none without flips)."""
         if not self.flip:
-            return x, None
-        flipped = self.start(x, flip="auto", antialias=False, iters=self.iters).flipped
-        return torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x), None
+            return torch.zeros(x.size(0), dtype=torch.bool, device=x.device)
+        return self.start(x, flip="auto", antialias=False, iters=self.iters).flipped
 
     def _forward(self, stn: nn.Module, x: torch.Tensor, heads: Optional[torch.Tensor] = None):
         # Congealed at flow_size; same-size sampling needs no mipmaps.
@@ -493,16 +497,20 @@ class _StartCache:
         new = [j for j, i in enumerate(ids) if i not in self.rows and i not in ids[:j]]
         if new:
             xs = raw[new]
-            flipped = (r.start(xs, flip="auto", antialias=False, iters=r.iters).flipped if r.flip
-                       else torch.zeros(len(new), dtype=torch.bool, device=xs.device))
-            s = r._forward(r.start, torch.where(flipped.view(-1, 1, 1, 1), xs.flip(3), xs))
+            flipped = r._start_flips(xs)
+            s = r._forward(r.start, _mirrored(xs, flipped))
             for k, j in enumerate(new):
                 self.rows[ids[j]] = (bool(flipped[k]), s.grid[k], None if s.matrix is None else s.matrix[k],
                                      None if s.flow is None else s.flow[k])
         rows = [self.rows[i] for i in ids]
         flipped = torch.tensor([row[0] for row in rows], device=raw.device)
         stack = lambda k: None if rows[0][k] is None else torch.stack([row[k] for row in rows])  # noqa: E731
-        return torch.where(flipped.view(-1, 1, 1, 1), raw.flip(3), raw), None, (stack(1), stack(2), stack(3))
+        return _mirrored(raw, flipped), None, (stack(1), stack(2), stack(3))
+
+
+def _mirrored(x: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(N, C, H, W)`` with the rows where ``flipped`` ``(N,)`` mirrored left-right."""
+    return torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x)
 
 
 def refine(stn: nn.Module, images, cfg: RefineConfig = RefineConfig(), *, template_image: Optional[torch.Tensor] = None,
