@@ -72,9 +72,14 @@ def _soft_bins(values: torch.Tensor, bins: int) -> torch.Tensor:
     return (1 - (values.unsqueeze(-2) - centres.view(-1, 1)).abs() / width).clamp(min=0)
 
 
+def _plogp(hist: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``-h log h`` of histogram values (0 at 0)."""
+    return -(hist * hist.clamp(min=1e-12).log())
+
+
 def _entropy(hist: torch.Tensor) -> torch.Tensor:
     """Sum over pixels of the entropy of normalised histograms ``(..., B, P)`` -> ``(...)``."""
-    return -(hist * hist.clamp(min=1e-12).log()).sum(dim=(-2, -1))
+    return _plogp(hist).sum(dim=(-2, -1))
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -116,30 +121,36 @@ def classic_congeal(images: torch.Tensor, cfg: ClassicCongealingConfig = Classic
     for d in range(4):
         moves[1 + 2 * d, d], moves[2 + 2 * d, d] = -1, 1
     history: List[float] = []
+    # The objective and every move's gain are kept in float64, each gain summed from per-pixel
+    # changes: one image's move changes a stack's entropy by about 1/N of a pixel's, and as the
+    # difference of two float32 totals (hundreds of nats) that change was rounding noise, so the
+    # moves chosen (and the result) depended on the order of the images.
     current = _render(unit, params, cfg.padding_mode)  # (N, P)
-    hist = _soft_bins(current, cfg.bins).mean(0)  # (B, P)
+    hist = _soft_bins(current.double(), cfg.bins).mean(0)  # (B, P)
     history.append(float(_entropy(hist)))
     best_value, best_params, initial_steps = history[0], params, steps.clone()
     for _ in range(cfg.iters):
         cand = (params.unsqueeze(1) + moves * steps).clamp(-limits, limits)  # (N, 9, 4)
-        cost = torch.empty(n, 9, device=images.device, dtype=images.dtype)
+        gain = torch.empty(n, 9, device=images.device, dtype=torch.float64)
+        base = _plogp(hist)  # (B, P)
         for s in range(0, n, cfg.chunk):
             c = cand[s : s + cfg.chunk]  # (c, 9, 4)
             rendered = _render(unit[s : s + cfg.chunk].repeat_interleave(9, 0), c.flatten(0, 1), cfg.padding_mode)
-            delta = _soft_bins(rendered.view(-1, 9, rendered.size(-1)), cfg.bins) - _soft_bins(current[s : s + cfg.chunk], cfg.bins).unsqueeze(1)
-            cost[s : s + cfg.chunk] = _entropy(hist + delta / n)  # (c, 9): the stack's entropy if only this image moved
+            delta = (_soft_bins(rendered.view(-1, 9, rendered.size(-1)).double(), cfg.bins)
+                     - _soft_bins(current[s : s + cfg.chunk].double(), cfg.bins).unsqueeze(1))
+            # (c, 9): how the stack's entropy changes if only this image moved (0 for staying)
+            gain[s : s + cfg.chunk] = (_plogp(hist + delta / n) - base).sum(dim=(-2, -1))
         # Judge each move against the same move made by every image: the mean transform is pinned
         # to the identity below, so a move all images like (shrinking every image lowers the
         # entropy of any stack) would be undone and must not crowd out the relative moves that
         # align. This is the first-order change of the objective under that constraint.
-        gain = cost - cost[:, :1]  # (N, 9), 0 for staying
         relative = gain - gain.mean(0, keepdim=True)
         relative[:, 0] = 0.0
         new_params = cand[torch.arange(n, device=images.device), relative.argmin(1)]
         # Keep the mean transform at the identity: only the relative alignment is defined.
         new_params = new_params - new_params.mean(0, keepdim=True)
         rendered = _render(unit, new_params, cfg.padding_mode)
-        new_hist = _soft_bins(rendered, cfg.bins).mean(0)
+        new_hist = _soft_bins(rendered.double(), cfg.bins).mean(0)
         value = float(_entropy(new_hist))
         # Each image's move was chosen against the stack before anyone moved; together the moves
         # can overshoot. Keep them anyway (later sweeps correct), remember the best stack, and
