@@ -167,6 +167,21 @@ def test_markdown_of_a_result():
     assert "| m | classifier | 10 | 5 | 0.900 | 0.979 |" in md
 
 
+def test_speed_rows_say_how_busy_the_machine_was():
+    load = B.machine_load()
+    assert load is None or load >= 0  # None only where the platform has no load average
+    res = B.BenchResult(config={}, mask_transfer=[dict(dataset="d", method="refine", pairs=3, iou=0.7, fit_seconds=80.0,
+                                                       fit_images=900, images_per_s=160.4, load=2.94)],
+                        throughput=[dict(model="m", input="28 px", output="32 px", batch=100, device="cpu", threads=1,
+                                         images_per_s=250.0, load=1.04),
+                                    dict(model="old", input="28 px", output="32 px", batch=100, device="cpu", threads=1,
+                                         images_per_s=250.0)])  # a row from a run before the load was recorded
+    md = B.to_markdown(res)
+    assert "| d | refine | 3 | 0.700 | 80.0 s (900 images, 160 images/s, load 2.9) |" in md
+    assert "| m | 28 px | 32 px | 100 | cpu | 1 | 250 | 1.0 |" in md and "| old | 28 px | 32 px | 100 | cpu | 1 | 250 | – |" in md
+    assert "1-minute load average" in md
+
+
 @pytest.mark.slow
 def test_bench_command_runs(tmp_path):
     import json
@@ -197,6 +212,7 @@ def test_training_throughput_is_measured_per_preset():
     gg = [r for r in rows if r["what"] == "train"]
     if resolve_model_file("models/gan-tiny-cat/generator.pt") is not None:
         assert len(gg) == 1 and gg[0]["batch"] == 40 and gg[0]["images_per_s"] > 0
+    assert all("load" in r for r in rows)
     md = B.to_markdown(B.BenchResult(config={}, train_throughput=rows))
     assert "## Training throughput" in md and "| train-gan | tiny | 32 px | 16 |" in md
 

@@ -123,6 +123,16 @@ class BenchResult:
     seconds: float = 0.0
 
 
+def machine_load() -> Optional[float]:
+    """The machine's 1-minute load average (runnable processes, this one included) when a speed is
+    measured: the same code runs slower beside other jobs, and a speed figure is read with how busy
+    the cores were (about 1 for a 1-thread bench alone). None where the platform has none (Windows)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _classic(images: torch.Tensor):
     from ..baselines.congealing import classic_congeal
 
@@ -153,7 +163,7 @@ def _refined(images: torch.Tensor, cfg: BenchConfig, base=None, seed: int = 0, t
     c = Congealer(res.stn, flip=False if base is None else base.flip, padding_mode="border",
                   iters=1 if base is None else base.iters)
     return c, dict(fit_seconds=round(res.seconds, 1), fit_images=res.train_images + res.holdout_images,
-                   images_per_s=round(res.images_per_s, 1), steps=res.steps)
+                   images_per_s=round(res.images_per_s, 1), steps=res.steps, load=machine_load())
 
 
 def _gan_templates(paths: Dict[str, str], congealers: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -365,7 +375,7 @@ def _throughput(name: str, c, images: torch.Tensor, batch: int = 100) -> Dict[st
     dt = time.perf_counter() - t0
     return dict(model=name, images=int(len(images)), batch=batch, input=f"{images.shape[-1]} px",
                 output=f"{c.flow_size} px", device=str(c.device), threads=torch.get_num_threads(),
-                images_per_s=len(images) / dt)
+                images_per_s=len(images) / dt, load=machine_load())
 
 
 def train_throughput(cfg: BenchConfig, device: str = "cpu", root=None) -> List[Dict[str, Any]]:
@@ -389,7 +399,7 @@ def train_throughput(cfg: BenchConfig, device: str = "cpu", root=None) -> List[D
             sec = sum(step_times(tr.train_step, steps, device=dev)) / steps
             rows.append(dict(what="train-gan", preset=preset, size=gcfg.size, batch=gcfg.batch, steps=steps,
                              s_per_step=sec, images_per_s=gcfg.batch / sec, device=str(dev),
-                             threads=torch.get_num_threads()))
+                             threads=torch.get_num_threads(), load=machine_load()))
         gen_file = resolve_model_file("models/gan-tiny-cat/generator.pt", root) if cfg.gangealing_presets else None
         if gen_file is not None:
             gen = load_generator(gen_file, dev)
@@ -400,7 +410,7 @@ def train_throughput(cfg: BenchConfig, device: str = "cpu", root=None) -> List[D
                 sec = sum(step_times(tr.train_step, steps, device=dev)) / steps
                 rows.append(dict(what="train", preset=preset, size=gen.size, batch=tcfg.batch, heads=tcfg.stn.num_heads,
                                  flips=tcfg.flips, steps=steps, s_per_step=sec, images_per_s=tcfg.batch / sec,
-                                 device=str(dev), threads=torch.get_num_threads()))
+                                 device=str(dev), threads=torch.get_num_threads(), load=machine_load()))
     return rows
 
 
@@ -567,8 +577,17 @@ def _fit_cell(r: Dict[str, Any]) -> str:
         return "–"
     cell = f"{r['fit_seconds']:.1f} s"
     if "images_per_s" in r:
-        cell += f" ({r['fit_images']} images, {r['images_per_s']:.0f} images/s)"
+        load = "" if r.get("load") is None else f", load {r['load']:.1f}"
+        cell += f" ({r['fit_images']} images, {r['images_per_s']:.0f} images/s{load})"
     return cell
+
+
+def _load_cell(r: Dict[str, Any]) -> str:
+    return "–" if r.get("load") is None else f"{r['load']:.1f}"
+
+
+_LOAD_NOTE = ("*load*: the machine's 1-minute load average when the speed was measured (runnable processes, the "
+              "bench's own included; above the bench's threads, other jobs shared the cores).")
 
 
 def to_markdown(res: BenchResult, command: str = "") -> str:
@@ -609,18 +628,19 @@ def to_markdown(res: BenchResult, command: str = "") -> str:
                                     f", {q['label']}s {q['share'] * 100:.0f}%") for q in r["composition"]) + ".", ""]
     if res.throughput:
         out += ["## Alignment throughput at inference", "",
-                "| model | input | output | batch | device | threads | images/s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+                "| model | input | output | batch | device | threads | images/s | load |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         out += [f"| {r['model']} | {r['input']} | {r['output']} | {r['batch']} | {r['device']} | {r['threads']} | "
-                f"{r['images_per_s']:.0f} |" for r in res.throughput]
-        out.append("")
+                f"{r['images_per_s']:.0f} | {_load_cell(r)} |" for r in res.throughput]
+        out += [_LOAD_NOTE, ""]
     if res.train_throughput:
         out += ["## Training throughput", "",
-                "| command | preset | size | batch (samples per step) | heads | flips | s/step | images/s | device | threads |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| command | preset | size | batch (samples per step) | heads | flips | s/step | images/s | device | threads | load |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         out += [f"| {r['what']} | {r['preset']} | {r['size']} px | {r['batch']} | {r.get('heads', '–')} | "
                 f"{r.get('flips', '–')} | {r['s_per_step']:.2f} | {r['images_per_s']:.1f} | {r['device']} | "
-                f"{r['threads']} |" for r in res.train_throughput]
-        out.append("")
+                f"{r['threads']} | {_load_cell(r)} |" for r in res.train_throughput]
+        out += [_LOAD_NOTE, ""]
     if res.generators:
         from .bench_generators import generators_markdown
 
