@@ -27,7 +27,7 @@ def main() -> None:
     from gangealing.predictor import Congealer
     from gangealing.pretrained import resolve_checkpoint
     from gangealing.models.target import gan_template
-    from gangealing.train.refine import SCRATCH_CHANNELS, Refiner, default_config, scratch_stn
+    from gangealing.train.refine import SCRATCH_CHANNELS, SCRATCH_FLOW_DOWNSAMPLE, Refiner, default_config, scratch_stn
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cls", help="animal class (cat, dog, horse, ...)")
@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="RefineConfig overrides")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--channels", type=int, default=SCRATCH_CHANNELS, help="width of the transformer made from nothing")
+    p.add_argument("--flow-downsample", type=int, default=SCRATCH_FLOW_DOWNSAMPLE,
+                   help="the transformer made from nothing regresses its flow at 32 / this")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -60,7 +62,7 @@ def main() -> None:
         if not args.no_gan and m.generator is not None and m.target is not None:
             template = gan_template(m.generator, m.target, base.stn.cfg.flow_size)
         print(f"before: {iou(base):.4f}")
-    stn = base.stn if base is not None else scratch_stn(32, channels=args.channels)
+    stn = base.stn if base is not None else scratch_stn(32, channels=args.channels, flow_downsample=args.flow_downsample)
     cfg = default_config(base is not None, steps=args.steps, seed=0, **overrides)
     frame = Congealer(stn, flip=False)
     x = torch.cat([frame.prepare(fit_images[s:s + 500])[0].cpu() for s in range(0, len(fit_images), 500)])

@@ -32,6 +32,8 @@ DEFAULTS = {
     "period": 37500, "t_mult": 2, "decay": 0.9, "ema_decay": 0.9977843871238888, "pca_samples": 1000000,
     "kmeans_candidates": 50000, "kmeans_lloyd": 0, "log_every": 25, "vis_every": 5000, "ckpt_every": 50000, "n_sample": 64,
     "n_mean": 8000, "seed": 0,
+    # Added 2026-12-07 with the original's value (the flow regressed at flow_size / 8).
+    "flow_downsample": 8,
 }
 PRESET_CHANGES = {
     "lsun-cats": {"padding_mode": "border"},

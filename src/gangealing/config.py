@@ -103,6 +103,8 @@ class STNConfig(ConfigBase):
     max_channels: int = setting(512, "cap on the transformer's widths")
     num_heads: int = setting(1, "number of clusters K (K targets, K transformer heads); 1 = unimodal GANgealing")
     image_channels: int = setting(3, "channels of the images")
+    flow_downsample: int = setting(8, "the flow is regressed at flow_size / flow_downsample and convex-upsampled "
+                                      "(a power of two, 2-16; the original: 8)")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ See docs/refine.md.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..train.refine import SCRATCH_CHANNELS, SCRATCH_SIZE, RefineConfig
+    from ..train.refine import SCRATCH_CHANNELS, SCRATCH_FLOW_DOWNSAMPLE, SCRATCH_SIZE, RefineConfig
 
     d = RefineConfig()
     p = sub.add_parser("refine", help="align your own images: adapt a model's transformer to them, or train one from nothing",
@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--size", type=positive_int, default=None,
                    help=f"from nothing: transformer size, a power of two >= 16 (default {SCRATCH_SIZE}); with --ckpt the model's")
     p.add_argument("--channels", type=positive_int, default=SCRATCH_CHANNELS, help="from nothing: widest layer of the transformer")
+    p.add_argument("--flow-downsample", type=positive_int, default=SCRATCH_FLOW_DOWNSAMPLE,
+                   help="from nothing: the flow is regressed at size / this and convex-upsampled (a power of two, 2-16; "
+                        "GANgealing's transformers use 8)")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="most training steps")
     p.add_argument("--minutes", type=positive_float, default=None, help="stop after this many minutes (best held-out weights kept)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch, help="images per step")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         elif model.generator is not None and model.target is not None:
             template = gan_template(model.generator, model.target, stn.cfg.flow_size)
     else:
-        stn = scratch_stn(args.size or SCRATCH_SIZE, args.channels, seed=args.seed)
+        stn = scratch_stn(args.size or SCRATCH_SIZE, args.channels, seed=args.seed, flow_downsample=args.flow_downsample)
     cfg = default_config(model is not None, steps=args.steps, minutes=args.minutes, batch=args.batch_size, lr=args.lr,
                          template=args.template, tv_weight=args.tv_weight, identity_weight=args.identity_weight,
                          anchor_weight=args.anchor_weight, distill_steps=args.distill_steps, holdout=args.holdout, eval_every=args.eval_every,

@@ -7,7 +7,8 @@ The network regresses a warp from the image and samples the *original* input wit
    mapped to a 2x3 matrix by angle = pi tanh(r), scale = exp(s). Passes compose as ``new = previous
    @ [S; 0 0 1]``, and each samples the input once, at ``flow_size`` (a similarity-only
    transformer's last pass samples at ``output_resolution`` instead).
-2. the flow pass regresses a low-resolution flow (``flow_size / 8``) and a RAFT mask from the
+2. the flow pass regresses a low-resolution flow (``flow_size / 8``, the original's; ``flow_size /
+   flow_downsample`` in general) and a RAFT mask from the
    similarity-aligned image, convex-upsamples it to ``flow_size`` (the residual ``flow``), and
    composes it analytically with the similarity: ``grid = M @ [identity + flow; 1]``.
 3. the grid is resized bilinearly to ``output_resolution`` and the input is sampled once, with
@@ -57,7 +58,7 @@ from gangealing.geometry.warp import (
 from gangealing.models.flow_penalties import total_variation_loss
 from gangealing.models.ops import ConvLayer, EqualConv2d, EqualLinear, ResBlock
 
-FLOW_DOWNSAMPLE = 8  # the low-resolution flow is regressed at flow_size / 8 (the original's default)
+FLOW_DOWNSAMPLE = 8  # the low-resolution flow is regressed at flow_size / 8 (the original; STNConfig.flow_downsample)
 MAX_NUM_LEVELS = 3.5  # mipmap levels of both heads' samplers, as the original
 
 
@@ -156,11 +157,15 @@ class _Trunk(nn.Module):
             self.input_downsample = TentDownsample(cfg.input_size // size, cfg.image_channels)
         ch = lambda r: stn_channels(cfg, r)  # noqa: E731
         convs = [ConvLayer(cfg.image_channels, ch(size), 1)]
-        # Similarity: halve down to 4x4. Flow: four blocks, the first three halving (flow_size / 8).
+        # Similarity: halve down to 4x4. Flow: four blocks, the first log2(flow_downsample) halving
+        # (three: flow_size / 8, the original's).
         end_log = log_size - 4 if is_flow else 2
         if end_log < 0 or (not is_flow and log_size < 3):
             raise ValueError(f"flow_size {size} is too small for the {'flow' if is_flow else 'similarity'} transform")
-        num_down = int(math.log2(FLOW_DOWNSAMPLE))
+        num_down = int(math.log2(cfg.flow_downsample))
+        if is_flow and (cfg.flow_downsample < 2 or 2**num_down != cfg.flow_downsample or num_down > log_size - end_log):
+            raise ValueError(f"flow_downsample must be a power of two from 2 to {min(16, 2 ** (log_size - end_log))} "
+                             f"for flow_size {size}, got {cfg.flow_downsample}")
         in_ch, downs = ch(size), 0
         for i in range(log_size, end_log, -1):
             down = (not is_flow) or downs < num_down
@@ -261,7 +266,7 @@ class FlowSTN(_Trunk):
 
     def __init__(self, cfg: STNConfig):
         super().__init__(cfg, is_flow=True)
-        self.warp_head = FlowHead(self.out_channels, cfg.num_heads)
+        self.warp_head = FlowHead(self.out_channels, cfg.num_heads, cfg.flow_downsample)
         self.register_buffer("identity_flow", identity_grid(cfg.flow_size), persistent=False)  # (1, S, S, 2)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,7 @@ MODEL_SETTINGS: Dict[str, Tuple[str, ...]] = {
     "input_size": ("stn.input_size",),
     "stn_channel_multiplier": ("stn.channel_multiplier",),
     "stn_max_channels": ("stn.max_channels",),
+    "flow_downsample": ("stn.flow_downsample",),
 }
 
 
