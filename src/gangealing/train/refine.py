@@ -78,7 +78,7 @@ SCRATCH_SIZE = 32
 SCRATCH_CHANNELS = 64
 # Its flow is regressed at 32 / 8 = 4 x 4 and convex-upsampled, as GANgealing's transformers do. A
 # finer grid (4: 8 x 8) gained 0.03-0.05 mask-transfer IoU on cats, dogs, horses and zebras but broke
-# the perturbed-MNIST keypoint guard (the flow bent the digits onto each other: PCK@0.1 0.719 ->
+# the perturbed-MNIST keypoint guard (the flow bent the digits onto each other: PCK@0.1 0.730 ->
 # 0.147), so it stays an option (`--flow-downsample`); docs/refine.md, "From nothing: the flow's grid".
 SCRATCH_FLOW_DOWNSAMPLE = 8
 
