@@ -414,6 +414,11 @@ def test_refine_command_never_overwrites_the_input_model(tmp_path, monkeypatch, 
                  "--steps", "1", "--no-progress"]) == 1
     assert "never overwritten" in capsys.readouterr().err and _sha(model) == before
     out = tmp_path / "refined.pt"
+    # Options that shape a transformer from nothing are refused with --ckpt, not silently ignored.
+    assert main(["refine", str(tmp_path / "imgs"), "--ckpt", str(model), "--out", str(out), "--channels", "32",
+                 "--flow-downsample", "4", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "--channels, --flow-downsample shape a transformer from nothing" in err and not out.exists()
     assert main(["refine", str(tmp_path / "imgs"), "--ckpt", str(model), "--out", str(out), "--steps", "2",
                  "--holdout", "0.34", "--eval-every", "1", "--no-progress", "--device", "cpu"]) == 0
     assert _sha(model) == before

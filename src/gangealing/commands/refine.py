@@ -36,10 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "test", "all"), default="train", help="split of an embedded dataset")
     p.add_argument("--size", type=positive_int, default=None,
                    help=f"from nothing: transformer size, a power of two >= 16 (default {SCRATCH_SIZE}); with --ckpt the model's")
-    p.add_argument("--channels", type=positive_int, default=SCRATCH_CHANNELS, help="from nothing: widest layer of the transformer")
-    p.add_argument("--flow-downsample", type=positive_int, default=SCRATCH_FLOW_DOWNSAMPLE,
+    p.add_argument("--channels", type=positive_int, default=None,
+                   help=f"from nothing: widest layer of the transformer (default {SCRATCH_CHANNELS})")
+    p.add_argument("--flow-downsample", type=positive_int, default=None,
                    help="from nothing: the flow is regressed at size / this and convex-upsampled (a power of two, 2-16; "
-                        "GANgealing's transformers use 8)")
+                        f"default {SCRATCH_FLOW_DOWNSAMPLE}, as GANgealing's transformers)")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="most training steps")
     p.add_argument("--minutes", type=positive_float, default=None, help="stop after this many minutes (best held-out weights kept)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch, help="images per step")
@@ -73,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..predictor import default_device
     from ..models.target import gan_template
-    from ..train.refine import Refiner, default_config, load_refine_images, SCRATCH_SIZE, save_refined, scratch_stn
+    from ..train.refine import (SCRATCH_CHANNELS, SCRATCH_FLOW_DOWNSAMPLE, SCRATCH_SIZE, Refiner, default_config,
+                                load_refine_images, save_refined, scratch_stn)
     from ..train.runtime import MetricsLogger
 
     out = new_model_file(args.out, args.ckpt, args.overwrite, "the --ckpt file")
@@ -83,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
         from ..build import load_model
         from ..pretrained import resolve_checkpoint
 
-        if args.size is not None:
-            raise ValueError("--size is for a transformer from nothing; with --ckpt the model's own size is used")
+        given = [f for f, v in (("--size", args.size), ("--channels", args.channels),
+                                   ("--flow-downsample", args.flow_downsample)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} shape a transformer from nothing; with --ckpt the model's own "
+                             "transformer is adapted (leave them out)")
         ckpt = resolve_checkpoint(args.ckpt)
         model = load_model(ckpt, device=dev)
         stn = model.stn
@@ -99,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         elif model.generator is not None and model.target is not None:
             template = gan_template(model.generator, model.target, stn.cfg.flow_size)
     else:
-        stn = scratch_stn(args.size or SCRATCH_SIZE, args.channels, seed=args.seed, flow_downsample=args.flow_downsample)
+        stn = scratch_stn(args.size or SCRATCH_SIZE, args.channels or SCRATCH_CHANNELS, seed=args.seed,
+                          flow_downsample=args.flow_downsample or SCRATCH_FLOW_DOWNSAMPLE)
     cfg = default_config(model is not None, steps=args.steps, minutes=args.minutes, batch=args.batch_size, lr=args.lr,
                          template=args.template, tv_weight=args.tv_weight, identity_weight=args.identity_weight,
                          anchor_weight=args.anchor_weight, distill_steps=args.distill_steps, holdout=args.holdout, eval_every=args.eval_every,
