@@ -577,7 +577,7 @@ def _fit_cell(r: Dict[str, Any]) -> str:
         return "–"
     cell = f"{r['fit_seconds']:.1f} s"
     if "images_per_s" in r:
-        load = "" if r.get("load") is None else f", load {r['load']:.1f}"
+        load = "" if r.get("load") is None else f", load {_load_cell(r)}"
         cell += f" ({r['fit_images']} images, {r['images_per_s']:.0f} images/s{load})"
     return cell
 

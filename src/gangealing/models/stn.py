@@ -58,7 +58,6 @@ from gangealing.geometry.warp import (
 from gangealing.models.flow_penalties import total_variation_loss
 from gangealing.models.ops import ConvLayer, EqualConv2d, EqualLinear, ResBlock
 
-FLOW_DOWNSAMPLE = 8  # the low-resolution flow is regressed at flow_size / 8 (the original; STNConfig.flow_downsample)
 MAX_NUM_LEVELS = 3.5  # mipmap levels of both heads' samplers, as the original
 
 
@@ -213,7 +212,7 @@ class SimilarityHead(nn.Module):
 class FlowHead(nn.Module):
     """Low-resolution flow (zero-initialised: identity) plus a RAFT convex-upsampling mask."""
 
-    def __init__(self, channels: int, num_heads: int, factor: int = FLOW_DOWNSAMPLE):
+    def __init__(self, channels: int, num_heads: int, factor: int):  # factor: STNConfig.flow_downsample
         super().__init__()
         self.num_heads = num_heads
         self.factor = factor
