@@ -333,7 +333,7 @@ def test_mnist_refine_rows_all_stages_similarity_only_and_inductive(tmp_path, mo
 
     c = Congealer.from_checkpoint(tiny_checkpoint(tmp_path / "m.pt", size=16), device="cpu")
     entries = {"m": ModelEntry(str(tmp_path / "m.pt"), "mnist", ("3",), "M")}
-    cfg = B.BenchConfig(mnist_digits=6, refine_steps=1, classic=False)
+    cfg = B.BenchConfig(mnist_digits=6, refine_steps=1, classic=False, refine_train_digits=5)
     seen = []
     real = B._refined
     monkeypatch.setattr(B, "_refined", lambda images, cfg, base=None, **kw: seen.append((images, base, kw.get("stages", "all")))
@@ -341,12 +341,12 @@ def test_mnist_refine_rows_all_stages_similarity_only_and_inductive(tmp_path, mo
     rows = B._pck_rows(cfg, "3", {"m": c}, entries, lambda: None)
     methods = {r["method"] for r in rows}
     assert {"M + refine (set-level)", "M + refine, similarity only (set-level)",
-            "M + refine, similarity only (inductive: train digits)"} <= methods
+            "M + refine, similarity only (inductive: 5 train digits)"} <= methods
     fits = [(images, stages) for images, base, stages in seen if base is not None]
     assert [s for _, s in fits] == ["all", "similarity", "similarity"]
     assert torch.equal(fits[0][0], fits[1][0])  # set-level: the measured test copies
-    train = B._perturbed_train_digits(cfg, "3", 6)
-    assert torch.equal(fits[2][0], train) and not torch.equal(train, fits[0][0])  # inductive: train digits
+    train = B._perturbed_train_digits(cfg, "3", 5)  # refine_train_digits, not the measured digits' count
+    assert len(train) == 10 and torch.equal(fits[2][0], train) and not torch.equal(train, fits[0][0])  # inductive: train digits
     assert all("fit_seconds" in r for r in rows if "refine" in r["method"])
 
 
@@ -359,3 +359,22 @@ def test_bench_command_takes_model_repeated_and_listed():
     assert args.model == ["a.pt=animals:cat", "b.pt=mnist", "c.pt=mnist:3"]
     assert args.model_path == ["gangealing-cat=x.pt", "gangealing-dog=y.pt"]
     assert parse(["bench"]).model == [] and parse(["bench"]).model_path == []  # the default is not shared
+
+
+def test_bench_command_passes_the_inductive_mnist_digits(tmp_path, monkeypatch):
+    from gangealing.cli import build_parser
+    from gangealing.commands import bench as command
+
+    seen = []
+
+    def fake_run_bench(cfg, models, **kw):
+        seen.append(cfg)
+        raise SystemExit(0)  # what is measured is not the point here
+
+    monkeypatch.setattr(B, "run_bench", fake_run_bench)
+    args = build_parser().parse_args(["bench", "--out", str(tmp_path), "--refine-train-digits", "37"])
+    with pytest.raises(SystemExit):
+        command.run(args)
+    assert seen[0].refine_train_digits == 37 and B.BenchConfig().refine_train_digits == 1000
+    with pytest.raises(SystemExit):  # fewer than 2 digits cannot hold out a split: refused by the parser
+        build_parser().parse_args(["bench", "--refine-train-digits", "1"])

@@ -60,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="classes whose refine rows are also fitted on the train split (inductive: never on the test "
                         "images); none to skip")
     p.add_argument("--refine-steps", type=int, default=d.refine_steps, help="objective steps of each refine row")
+    p.add_argument("--refine-train-digits", type=int_range(2), default=d.refine_train_digits,
+                   help="MNIST train digits (two perturbed copies each) the inductive MNIST refine rows are fitted on")
     p.add_argument("--no-train-speed", action="store_true",
                    help="skip the training-throughput measures (a few timed steps per preset, about a minute on 2 cores)")
     p.add_argument("--no-generators", action="store_true",
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(pairs=args.pairs, animal_classes=tuple(args.classes), mnist_digits=args.digits, canvas=args.canvas,
                       cluster_images=args.cluster_images, route_images=args.route_images, throughput_images=args.throughput_images,
                       classic=not args.no_classic, seed=args.seed, refine=not args.no_refine,
-                      refine_steps=args.refine_steps, inductive_classes=tuple(args.inductive_classes), generators=not args.no_generators,
+                      refine_steps=args.refine_steps, refine_train_digits=args.refine_train_digits, inductive_classes=tuple(args.inductive_classes), generators=not args.no_generators,
                       generator_samples=args.generator_samples,
                       **(dict(gan_presets=(), gangealing_presets=()) if args.no_train_speed else {}))
     from ..zoo import parse_model_spec
