@@ -458,3 +458,25 @@ def test_refine_command_needs_a_clustering_models_generator(tmp_path, monkeypatc
                  "--no-progress", "--device", "cpu"]) == 1
     assert "clustering model (2 heads) without its generator" in capsys.readouterr().err
     assert not (tmp_path / "r.pt").exists()
+
+
+def test_cosine_schedule_anneals_every_rate_and_starts_the_flow_after_its_warmup(monkeypatch):
+    seen = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *a, **kw):
+        seen.append([g["lr"] for g in self.param_groups])
+        return step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    imgs, _ = _copies(n=8, size=16)
+    refine(scratch_stn(16, 16), imgs, _tiny_cfg(steps=8, lr=1e-3, lr_schedule="cosine", flow_warmup=0.5, holdout=0.0))
+    rest, flow = zip(*seen)
+    assert len(seen) == 8 and rest[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(rest, rest[1:]))
+    assert rest[-1] < 0.05e-3  # near 0 at the last step
+    assert flow[:4] == (0.0,) * 4 and flow[4] == pytest.approx(1e-3) and flow[-1] < flow[5] < flow[4]
+    seen.clear()
+    refine(scratch_stn(16, 16), imgs, _tiny_cfg(steps=3, lr=1e-3, holdout=0.0))  # the default: constant
+    assert all(r == pytest.approx(1e-3) for rates in seen for r in rates)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        Refiner(scratch_stn(16, 16), _tiny_cfg(lr_schedule="step"))

@@ -101,6 +101,9 @@ class RefineConfig:
     scale_weight: float = 100.0
     max_log_scale: float = math.log(1.6)
     flow_warmup: float = 0.0  # fraction of the steps during which the flow is frozen
+    # Learning-rate schedule over the steps: 'constant', or 'cosine' (from lr down to 0 at the last
+    # step; a frozen flow's warm-up is not counted, the flow's rate follows from where it is unfrozen).
+    lr_schedule: str = "constant"
     # Which stages of the transformer are trained: 'all', or 'similarity' (the flow stays as it
     # starts). Adapting a model to pose changes only, the rigid stage cannot bend one shape onto another.
     stages: str = "all"
@@ -208,6 +211,8 @@ class Refiner:
             raise ValueError(f"stages must be 'all' or 'similarity', got {cfg.stages!r}")
         if cfg.template not in ("auto", "mean", "gan", "both"):
             raise ValueError(f"template must be 'auto', 'mean', 'gan' or 'both', got {cfg.template!r}")
+        if cfg.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
         if router is not None:  # a clustering model: the heads' GAN targets are the router's templates
             template_image = router.templates
         kind = ("both" if template_image is not None else "mean") if cfg.template == "auto" else cfg.template
@@ -434,8 +439,9 @@ class Refiner:
                     x, heads, start = cache.batch(idx, fetch(idx))
                 else:
                     (x, heads), start = load(idx), None
-                if len(flow_params) and self.from_identity:
-                    opt.param_groups[-1]["lr"] = 0.0 if step < warm else cfg.lr
+                for g, rate in zip(groups, _rates(cfg, step, warm if len(flow_params) and self.from_identity else 0,
+                                                  len(groups))):
+                    g["lr"] = rate
                 sigma = self._sigma(step, cfg.steps)
                 total, terms, congealed = self.loss(x, template, sigma, heads, start)
                 opt.zero_grad(set_to_none=True)
@@ -481,6 +487,22 @@ class Refiner:
                             images_per_s=step * min(cfg.batch, len(train_idx)) / max(seconds, 1e-9),
                             stopped=stopped, train_images=len(train_idx), holdout_images=len(held_idx),
                             history=history)
+
+
+def _rates(cfg: RefineConfig, step: int, warm: int, n_groups: int) -> List[float]:
+    """Learning rates at ``step`` of the parameter groups (the rest, then the flow when it is a group
+    of its own): ``cfg.lr`` under ``cfg.lr_schedule``; the flow is frozen (0) for its first ``warm``
+    steps and its schedule runs over the steps left after them."""
+
+    def scheduled(t: int, span: int) -> float:
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(t, span) / max(span, 1)))
+
+    rates = [scheduled(step, cfg.steps)]
+    if n_groups > 1:
+        rates.append(0.0 if step < warm else scheduled(step - warm, cfg.steps - warm))
+    return rates
 
 
 class _StartCache:
