@@ -34,6 +34,8 @@ DEFAULTS = {
     "n_mean": 8000, "seed": 0,
     # Added 2026-12-07 with the original's value (the flow regressed at flow_size / 8).
     "flow_downsample": 8,
+    # Added 2026-12-07, off (the original has no re-seeding).
+    "reseed_every": 0, "reseed_below": 0.25, "reseed_samples": 1000,
 }
 PRESET_CHANGES = {
     "lsun-cats": {"padding_mode": "border"},

@@ -161,3 +161,38 @@ def test_cli_train_then_classifier(gen_file, tmp_path):
     # The classifier started from the similarity transformer's trunk and then trained.
     trunk = {k: v for k, v in model.stn.stns[0].state_dict().items() if k.startswith("final_conv.")}
     assert any(not torch.equal(v, model.classifier.state_dict()[k]) for k, v in trunk.items())
+
+
+def test_a_head_that_wins_nothing_is_reseeded_where_samples_are_served_worst(tmp_path):
+    from gangealing.models.stn import copy_head
+
+    cfg = tiny_cfg(num_heads=3, iters=2, num_directions=4, anneal_psi=1, reseed_samples=60, loss="l2")
+    tr = GANgealingTrainer(cfg, tiny_generator(), tmp_path / "run", loss_fn=PixelDistance(2), show_progress=False)
+    with torch.no_grad():  # head 2 duplicates head 0: ties go to the lower head, so it wins nothing
+        tr.target.coefficients[2] = tr.target.coefficients[0]
+        for stn in (tr.stn, tr.stn_ema):
+            for p in stn.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+            copy_head(stn, 0, 2)
+    before = tr.target.coefficients.detach().clone()
+    res = tr.reseed()
+    assert res.shares[2] == 0.0 and res.heads == [2] and res.sources[0] in (0, 1)
+    after = tr.target.coefficients.detach()
+    assert torch.equal(after[:2], before[:2]) and not torch.allclose(after[2], before[2])
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    for stn in (tr.stn, tr.stn_ema):  # its transformer is now the serving head's
+        out = stn(x).images.view(2, 3, 3, 16, 16)
+        torch.testing.assert_close(out[:, 2], out[:, res.sources[0]])
+    again = tr.reseed()
+    assert again.shares[2] > 0  # the new target wins samples
+    with pytest.raises(ValueError, match="must lie in"):
+        copy_head(tr.stn, 0, 3)
+    # Off by default; in training it runs every reseed_every steps once psi has annealed, logged.
+    cfg = tiny_cfg(num_heads=3, iters=2, num_directions=4, anneal_psi=1, reseed_every=1, reseed_samples=20)
+    GANgealingTrainer(cfg, tiny_generator(), tmp_path / "run2", loss_fn=PixelDistance(2), show_progress=False).fit()
+    rows = read_metrics(tmp_path / "run2" / "metrics.jsonl")
+    assert [("reseeded" in r) for r in rows] == [False, True]
+    with pytest.raises(ValueError, match="num-heads"):
+        tiny_cfg(reseed_every=5).validate()
+    with pytest.raises(ValueError, match="reseed_below"):
+        tiny_cfg(num_heads=2, reseed_below=0.0).validate()

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -208,6 +208,11 @@ class SimilarityHead(nn.Module):
         """Raw ``(N, 4, K)`` parameters ``(r, s, tx, ty)`` per head."""
         return self.linear(features).view(features.size(0), 4, self.num_heads)  # (N, 4, K)
 
+    def head_rows(self, k: int) -> List[Tuple[nn.Parameter, torch.Tensor]]:
+        """The rows (dim 0) of each parameter that only head ``k`` uses: output ``i K + k`` is its parameter ``i``."""
+        rows = torch.arange(4) * self.num_heads + k  # (4,)
+        return [(self.linear.weight, rows), (self.linear.bias, rows)]
+
 
 class FlowHead(nn.Module):
     """Low-resolution flow (zero-initialised: identity) plus a RAFT convex-upsampling mask."""
@@ -228,6 +233,36 @@ class FlowHead(nn.Module):
         flow = self.flow_out(features).view(n, self.num_heads, 2, h, w)
         mask = self.mask_out(features).view(n, self.num_heads, -1, h, w)
         return flow, mask
+
+    def head_rows(self, k: int) -> List[Tuple[nn.Parameter, torch.Tensor]]:
+        """The rows (dim 0) of each parameter that only head ``k`` uses (the last conv of the flow and of
+        the mask: head-major outputs; the layers before them are shared)."""
+        out = []
+        for conv in (self.flow_out[-1], self.mask_out[-1]):
+            per = conv.weight.shape[0] // self.num_heads
+            rows = torch.arange(per) + per * k  # (per,)
+            out += [(conv.weight, rows), (conv.bias, rows)]
+        return out
+
+
+@torch.no_grad()
+def copy_head(stn: nn.Module, src: int, dst: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Make head ``dst`` of a K-head transformer warp as head ``src`` does: copies the rows of every
+    head's own output layers (similarity and flow; the trunk is shared by all heads) and, with
+    ``optimizer`` (Adam-like: per-parameter state tensors shaped as the parameter), the same rows of
+    its state, so the copy also continues the source head's step sizes."""
+    heads = [m for m in stn.modules() if isinstance(m, (SimilarityHead, FlowHead))]
+    k = heads[0].num_heads if heads else 1
+    if not (0 <= src < k and 0 <= dst < k):
+        raise ValueError(f"heads {src} and {dst} must lie in [0, {k}) for this {k}-head transformer")
+    for m in heads:
+        for (p, a), (_, b) in zip(m.head_rows(src), m.head_rows(dst)):
+            a, b = a.to(p.device), b.to(p.device)
+            p[b] = p[a]
+            state = optimizer.state.get(p, {}) if optimizer is not None else {}
+            for v in state.values():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    v[b] = v[a]
 
 
 def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int) -> torch.Tensor:

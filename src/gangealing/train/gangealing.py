@@ -44,9 +44,10 @@ from torch import Tensor, nn
 from gangealing.build import build, build_from_checkpoint, load_state_strict, make_checkpoint
 from gangealing.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gangealing.models.pca import fit_pca, sample_w
-from gangealing.models.target import kmeans_candidate_wplus, kmeans_plusplus_targets
+from gangealing.models.stn import copy_head
+from gangealing.models.target import kmeans_candidate_wplus, kmeans_plusplus_targets, lloyd_medoids
 
-from .objective import congealing_step, jitter_inputs, make_resize
+from .objective import classifier_batch, congealing_step, jitter_inputs, make_resize
 from .presets import GANgealingTrainConfig
 from .runtime import (DistInfo, MetricsLogger, RunDir, StopOnSignal, all_reduce_dict, all_reduce_mean, any_process,
                       broadcast_module, check_resume_settings, ema_update, init_distributed, progress, read_metrics)
@@ -62,6 +63,8 @@ __all__ = [
     "build_transformer",
     "build_target",
     "init_target",
+    "Reseed",
+    "reseed_heads",
     "sync_gradients",
     "plot_metrics",
     "saved_train_config",
@@ -77,7 +80,8 @@ RESUMABLE = ("iters", "micro_batch", "log_every", "vis_every", "ckpt_every", "n_
 # The others are fixed at the start: the architecture, the initialisation, and what the optimisers
 # and schedulers restore from the checkpoint (learning rates, t_mult, decay).
 CHANGEABLE = ("loss", "tv_weight", "identity_weight", "freeze_target", "sample_from_full_res", "padding_mode",
-              "input_jitter", "batch", "anneal_psi", "anneal_fn", "period", "ema_decay")
+              "input_jitter", "batch", "anneal_psi", "anneal_fn", "period", "ema_decay", "reseed_every",
+              "reseed_below", "reseed_samples")
 
 
 def saved_train_config(out: Union[str, Path]) -> Optional[GANgealingTrainConfig]:
@@ -182,6 +186,68 @@ def init_target(target: nn.Module, generator: nn.Module, cfg: GANgealingTrainCon
         target.init_from_latents(seeds.latents, pca)
         info["kmeans_seeds"] = seeds.indices.tolist()
     return info
+
+
+@dataclass(frozen=True)
+class Reseed:
+    """What one :func:`reseed_heads` check found and did."""
+
+    shares: List[float]  # each head's share of the fresh samples (the min-distance rule, psi = 0)
+    heads: List[int]  # the heads re-seeded (fewest wins first)
+    sources: List[int]  # for each, the head whose transformer it now starts from
+
+
+@torch.no_grad()
+def reseed_heads(generator: nn.Module, stn: nn.Module, target: nn.Module, loss_fn: Callable, resize: Callable, *,
+                 samples: int, below: float, rng: torch.Generator, flips: bool = False,
+                 sample_from_full_res: bool = False, padding_mode: str = "border", worst: float = 0.1,
+                 batch: int = 100, optimizers: Tuple[Optional[torch.optim.Optimizer], ...] = (None, None),
+                 also: Tuple[nn.Module, ...] = ()) -> Reseed:
+    """Re-seed every head of a K-head run that wins fewer than ``below / K`` of ``samples`` fresh
+    samples (assigned as the cluster classifier's data are: nearest target at psi = 0).
+
+    The samples the heads serve worst (the ``worst`` fraction with the largest distance to their
+    nearest target) are what no head covers; Lloyd's k-means in ``loss_fn.embed`` splits them into
+    one group per head to re-seed (without ``embed``: the worst samples themselves), and each such
+    head's target restarts at its group's medoid (its W projected on the target's directions), its
+    transformer rows at those of the head that serves that medoid now (:func:`copy_head`; also in
+    the modules ``also``, e.g. the EMA copy). ``optimizers`` (transformer's, target's): their state
+    rows follow (the target's from the source head's row). ``rng`` draws the samples: the same
+    stream on every process gives the same result everywhere."""
+    k = target.num_heads
+    parts = [classifier_batch(generator, stn, target, loss_fn, min(batch, samples - s), resize, flips=flips,
+                              sample_from_full_res=sample_from_full_res, padding_mode=padding_mode, rng=rng)
+             for s in range(0, samples, batch)]
+    labels = torch.cat([p.labels for p in parts])  # (N,) in [0, F K)
+    cluster = labels % k
+    dist = torch.cat([p.distances for p in parts]).min(dim=1).values  # (N,)
+    shares = torch.bincount(cluster, minlength=k).float() / len(labels)  # (K,)
+    dead = [h for h in shares.argsort().tolist() if shares[h] < below / k]
+    if not dead:
+        return Reseed([float(v) for v in shares], [], [])
+    poor = dist.argsort(descending=True)[: max(len(dead), int(round(worst * len(dist))))]  # worst served first
+    embed = getattr(loss_fn, "embed", None)
+    if embed is not None and len(poor) > len(dead):
+        images = torch.cat([p.images for p in parts])[poor]
+        e = torch.cat([embed(x).flatten(1) for x in images.split(batch)]).cpu()  # (P, E)
+        picks = poor[lloyd_medoids(e, torch.arange(len(dead)), iters=10).to(poor.device)]
+    else:
+        picks = poor[: len(dead)]
+    w = torch.cat([p.w for p in parts])  # (N, D)
+    t_optim, ll_optim = optimizers
+    sources = []
+    for h, i in zip(dead, picks.tolist()):
+        src = int(cluster[i])
+        coef = target.coefficients
+        coef[h] = (w[i].to(target.lat_mean) - target.lat_mean[0]) @ target.directions.T
+        for v in (ll_optim.state.get(coef, {}) if ll_optim is not None else {}).values():
+            if torch.is_tensor(v) and v.shape == coef.shape:
+                v[h] = v[src]
+        copy_head(stn, src, h, t_optim)
+        for m in also:
+            copy_head(m, src, h)
+        sources.append(src)
+    return Reseed([float(v) for v in shares], dead, sources)
 
 
 def sync_gradients(params: List[nn.Parameter]) -> None:
@@ -436,6 +502,8 @@ class GANgealingTrainer:
             while self.step < stop:
                 values = self.train_step()
                 step = self.step
+                if cfg.reseed_every and step > cfg.anneal_psi and step % cfg.reseed_every == 0:
+                    values["reseeded"] = float(len(self.reseed().heads))
                 self.last_losses = values
                 bar.update(1)
                 bar.set_postfix_str(f"p {values['perceptual']:.4f} tv {values['tv']:.2e} id {values['identity']:.2e} "
@@ -459,6 +527,21 @@ class GANgealingTrainer:
             model_path = save_checkpoint(self.model_checkpoint(), self.run.path / "model.pt")
             plot_metrics(self.run.path / "metrics.jsonl", self.run.path / "metrics.png")
         return TrainResult(self.run.path, self.step, model_path, dict(self.last_losses), time.time() - t0, stopped_by)
+
+    def reseed(self) -> Reseed:
+        """Re-seed the heads that win (almost) no samples (:func:`reseed_heads`, ``cfg.reseed_*``). The
+        samples come from a stream seeded by the run's seed and the step: the same on every process and
+        after a resume."""
+        cfg = self.cfg
+        rng = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
+        res = reseed_heads(self.generator, self.stn, self.target, self.loss_fn, self.resize, samples=cfg.reseed_samples,
+                           below=cfg.reseed_below, rng=rng, flips=cfg.flips, sample_from_full_res=cfg.sample_from_full_res,
+                           padding_mode=cfg.padding_mode, batch=cfg.micro_batch,  # a training pass: fits
+                           optimizers=(self.t_optim, self.ll_optim), also=(self.stn_ema,))
+        if res.heads and self.dist.is_primary:
+            print(f"step {self.step}: re-seeded head(s) {res.heads} from {res.sources} (shares "
+                  f"{', '.join(f'{v:.3f}' for v in res.shares)})", flush=True)
+        return res
 
     # ------------------------------------------------------------------ visuals
     @torch.no_grad()

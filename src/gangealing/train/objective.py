@@ -252,6 +252,7 @@ class ClassifierBatch:
     images: Tensor  # (N, C, S, S) unmirrored generator samples, at the transformer's flow_size
     labels: Tensor  # (N,) long in [0, F K): k = best head, + K when the mirror won
     distances: Tensor  # (N, F K) perceptual distance of every candidate
+    w: Optional[Tensor] = None  # (N, D) the samples' W latents
 
 
 @torch.no_grad()
@@ -267,7 +268,7 @@ def classifier_batch(generator: nn.Module, stn: SpatialTransformer, target: nn.M
     tgt = pairs.targets.repeat(f, 1, 1, 1) if f > 1 else pairs.targets  # (F N K, C, S, S)
     dist = loss_fn(aligned.images, tgt).reshape(-1)  # (F N K,)
     a = assign_clusters(dist, batch, stn.cfg.num_heads, flips)
-    return ClassifierBatch(images=pairs.stn_inputs, labels=a.index, distances=a.distances)
+    return ClassifierBatch(images=pairs.stn_inputs, labels=a.index, distances=a.distances, w=pairs.w)
 
 
 def classifier_accuracy(logits: Tensor, distances: Tensor, k: int = 1) -> Tensor:

@@ -95,6 +95,15 @@ class GANgealingTrainConfig(ConfigBase):
     kmeans_lloyd: int = setting(0, "Lloyd iterations moving the K k-means++ seeds to cluster medoids (0: the "
                                    "original's seeds; needs a loss with a Euclidean embedding: mobilenet, "
                                    "lpips-vgg, vgg-ssl, l2)")
+    # -- clustering: re-seeding heads that win (almost) nothing (an extension; off: the original).
+    # k-means-style re-seeding of empty clusters (as DTI-clustering reassigns its empty prototypes):
+    # a head whose target duplicates another's wins no samples and never moves on; it restarts at
+    # the medoid of the samples the other heads serve worst, with the transformer of the head that
+    # serves that sample.
+    reseed_every: int = setting(0, "with K > 1 heads: every this many steps once psi has annealed, re-seed each head "
+                                   "that wins fewer than reseed_below / K of fresh samples (extension; 0: off)")
+    reseed_below: float = setting(0.25, "a head is re-seeded below this fraction of its fair share 1 / K")
+    reseed_samples: int = setting(1000, "fresh samples that measure the heads' shares and place a re-seeded target")
     # -- logging and visuals
     log_every: int = setting(25, "steps between metric lines")
     vis_every: int = setting(5000, "steps between visuals")
@@ -176,6 +185,12 @@ class GANgealingTrainConfig(ConfigBase):
                 raise ValueError(f"input_jitter needs 0 < min_scale <= max_scale and max_shift >= 0, got {self.input_jitter}")
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {self.padding_mode!r}")
+        if self.reseed_every < 0 or not 0 < self.reseed_below <= 1 or self.reseed_samples < 1:
+            raise ValueError(f"reseed_every must be >= 0 (0: off), reseed_below in (0, 1] and reseed_samples >= 1, got "
+                             f"{self.reseed_every}, {self.reseed_below}, {self.reseed_samples}")
+        if self.reseed_every and self.stn.num_heads < 2:
+            raise ValueError("reseed_every re-seeds the heads of a clustering run: it needs --num-heads 2 or more "
+                             "(or set it to 0)")
         return self
 
 
