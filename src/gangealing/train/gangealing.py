@@ -193,6 +193,7 @@ class Reseed:
     """What one :func:`reseed_heads` check found and did."""
 
     shares: List[float]  # each head's share of the fresh samples (the min-distance rule, psi = 0)
+    costs: List[float]  # each head's removal cost (see reseed_heads)
     heads: List[int]  # the heads re-seeded (fewest wins first)
     sources: List[int]  # for each, the head whose transformer it now starts from
 
@@ -203,8 +204,11 @@ def reseed_heads(generator: nn.Module, stn: nn.Module, target: nn.Module, loss_f
                  sample_from_full_res: bool = False, padding_mode: str = "border", worst: float = 0.1,
                  batch: int = 100, optimizers: Tuple[Optional[torch.optim.Optimizer], ...] = (None, None),
                  also: Tuple[nn.Module, ...] = ()) -> Reseed:
-    """Re-seed every head of a K-head run that wins fewer than ``below / K`` of ``samples`` fresh
-    samples (assigned as the cluster classifier's data are: nearest target at psi = 0).
+    """Re-seed every head of a K-head run that the other heads could replace: its *removal cost*
+    (the mean over ``samples`` fresh samples of how much farther its own samples are from their
+    second-nearest target than from it; samples assigned as the cluster classifier's data are:
+    nearest target at psi = 0) is below ``below`` times the heads' mean removal cost. A head that
+    wins nothing costs 0; one whose target duplicates another's costs little.
 
     The samples the heads serve worst (the ``worst`` fraction with the largest distance to their
     nearest target) are what no head covers; Lloyd's k-means in ``loss_fn.embed`` splits them into
@@ -220,11 +224,27 @@ def reseed_heads(generator: nn.Module, stn: nn.Module, target: nn.Module, loss_f
              for s in range(0, samples, batch)]
     labels = torch.cat([p.labels for p in parts])  # (N,) in [0, F K)
     cluster = labels % k
-    dist = torch.cat([p.distances for p in parts]).min(dim=1).values  # (N,)
+    per_head = torch.cat([p.distances for p in parts]).view(len(labels), -1, k).min(dim=1).values  # (N, K): best flip
+    dist = per_head.min(dim=1).values  # (N,) distance to the nearest target
     shares = torch.bincount(cluster, minlength=k).float() / len(labels)  # (K,)
-    dead = [h for h in shares.argsort().tolist() if shares[h] < below / k]
+
+    def removal_costs(alive: List[int]) -> Tensor:
+        two = per_head[:, alive].topk(2, dim=1, largest=False)  # nearest and second-nearest among ``alive``
+        return torch.zeros(len(alive), device=dist.device).index_add_(
+            0, two.indices[:, 0], two.values[:, 1] - two.values[:, 0]) / len(labels)  # (A,)
+
+    cost = removal_costs(list(range(k)))  # (K,)
+    # One head at a time, each judged without those already taken: of two duplicates (both cost 0
+    # while the other is there) only one is re-seeded.
+    alive, dead = list(range(k)), []
+    while len(alive) > 2:
+        c = removal_costs(alive)
+        j = min(range(len(alive)), key=lambda i: (float(c[i]), float(shares[alive[i]])))  # ties: fewer wins
+        if c[j] >= below * cost.mean():
+            break
+        dead.append(alive.pop(j))
     if not dead:
-        return Reseed([float(v) for v in shares], [], [])
+        return Reseed([float(v) for v in shares], [float(v) for v in cost], [], [])
     poor = dist.argsort(descending=True)[: max(len(dead), int(round(worst * len(dist))))]  # worst served first
     embed = getattr(loss_fn, "embed", None)
     if embed is not None and len(poor) > len(dead):
@@ -247,7 +267,7 @@ def reseed_heads(generator: nn.Module, stn: nn.Module, target: nn.Module, loss_f
         for m in also:
             copy_head(m, src, h)
         sources.append(src)
-    return Reseed([float(v) for v in shares], dead, sources)
+    return Reseed([float(v) for v in shares], [float(v) for v in cost], dead, sources)
 
 
 def sync_gradients(params: List[nn.Parameter]) -> None:
@@ -502,7 +522,7 @@ class GANgealingTrainer:
             while self.step < stop:
                 values = self.train_step()
                 step = self.step
-                if cfg.reseed_every and step > cfg.anneal_psi and step % cfg.reseed_every == 0:
+                if cfg.reseed_every and cfg.anneal_psi < step < cfg.iters and step % cfg.reseed_every == 0:
                     values["reseeded"] = float(len(self.reseed().heads))
                 self.last_losses = values
                 bar.update(1)
@@ -540,7 +560,8 @@ class GANgealingTrainer:
                            optimizers=(self.t_optim, self.ll_optim), also=(self.stn_ema,))
         if res.heads and self.dist.is_primary:
             print(f"step {self.step}: re-seeded head(s) {res.heads} from {res.sources} (shares "
-                  f"{', '.join(f'{v:.3f}' for v in res.shares)})", flush=True)
+                  f"{', '.join(f'{v:.3f}' for v in res.shares)}; removal costs "
+                  f"{', '.join(f'{v:.2e}' for v in res.costs)})", flush=True)
         return res
 
     # ------------------------------------------------------------------ visuals

@@ -95,15 +95,16 @@ class GANgealingTrainConfig(ConfigBase):
     kmeans_lloyd: int = setting(0, "Lloyd iterations moving the K k-means++ seeds to cluster medoids (0: the "
                                    "original's seeds; needs a loss with a Euclidean embedding: mobilenet, "
                                    "lpips-vgg, vgg-ssl, l2)")
-    # -- clustering: re-seeding heads that win (almost) nothing (an extension; off: the original).
-    # k-means-style re-seeding of empty clusters (as DTI-clustering reassigns its empty prototypes):
-    # a head whose target duplicates another's wins no samples and never moves on; it restarts at
-    # the medoid of the samples the other heads serve worst, with the transformer of the head that
-    # serves that sample.
+    # -- clustering: re-seeding heads the others could replace (an extension; off: the original).
+    # k-means-style re-seeding of empty or redundant clusters (as DTI-clustering reassigns its empty
+    # prototypes): a head whose target duplicates another's wins few samples that the other would not
+    # serve as well; it restarts at the medoid of the samples the heads serve worst, with the
+    # transformer of the head that serves that sample.
     reseed_every: int = setting(0, "with K > 1 heads: every this many steps once psi has annealed, re-seed each head "
-                                   "that wins fewer than reseed_below / K of fresh samples (extension; 0: off)")
-    reseed_below: float = setting(0.25, "a head is re-seeded below this fraction of its fair share 1 / K")
-    reseed_samples: int = setting(1000, "fresh samples that measure the heads' shares and place a re-seeded target")
+                                   "whose removal cost is below reseed_below x the heads' mean (extension; 0: off)")
+    reseed_below: float = setting(0.25, "a head is re-seeded when the other heads would serve its samples almost as "
+                                        "well: its removal cost below this fraction of the heads' mean")
+    reseed_samples: int = setting(1000, "fresh samples that measure the heads' removal costs and place a re-seeded target")
     # -- logging and visuals
     log_every: int = setting(25, "steps between metric lines")
     vis_every: int = setting(5000, "steps between visuals")
