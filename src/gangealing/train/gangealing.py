@@ -215,7 +215,8 @@ def reseed_heads(generator: nn.Module, stn: nn.Module, target: nn.Module, loss_f
     one group per head to re-seed (without ``embed``: the worst samples themselves), and each such
     head's target restarts at its group's medoid (its W projected on the target's directions), its
     transformer rows at those of the head that serves that medoid now (:func:`copy_head`; also in
-    the modules ``also``, e.g. the EMA copy). ``optimizers`` (transformer's, target's): their state
+    the modules ``also``, e.g. the EMA copy). A head that already serves its medoid is left alone (a
+    head re-seeded there before is still growing). ``optimizers`` (transformer's, target's): their state
     rows follow (the target's from the source head's row). ``rng`` draws the samples: the same
     stream on every process gives the same result everywhere."""
     k = target.num_heads
@@ -256,8 +257,11 @@ def reseed_heads(generator: nn.Module, stn: nn.Module, target: nn.Module, loss_f
     w = torch.cat([p.w for p in parts])  # (N, D)
     t_optim, ll_optim = optimizers
     sources = []
+    moved = []
     for h, i in zip(dead, picks.tolist()):
         src = int(cluster[i])
+        if src == h:  # it already serves the samples served worst (a head re-seeded there, still growing): left alone
+            continue
         coef = target.coefficients
         coef[h] = (w[i].to(target.lat_mean) - target.lat_mean[0]) @ target.directions.T
         for v in (ll_optim.state.get(coef, {}) if ll_optim is not None else {}).values():
@@ -266,8 +270,9 @@ def reseed_heads(generator: nn.Module, stn: nn.Module, target: nn.Module, loss_f
         copy_head(stn, src, h, t_optim)
         for m in also:
             copy_head(m, src, h)
+        moved.append(h)
         sources.append(src)
-    return Reseed([float(v) for v in shares], [float(v) for v in cost], dead, sources)
+    return Reseed([float(v) for v in shares], [float(v) for v in cost], moved, sources)
 
 
 def sync_gradients(params: List[nn.Parameter]) -> None:
