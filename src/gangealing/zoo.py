@@ -78,7 +78,7 @@ MODELS: Dict[str, ModelEntry] = {
     "gangealing-tiny-mnist3": ModelEntry("models/gangealing-tiny-mnist3/model.pt", "mnist", ("3",),
                                          "GANgealing (tiny, K=1, input jitter)"),
     "gangealing-mnist-k10": ModelEntry("models/gangealing-mnist-k10/model.pt", "mnist",
-                                       tuple(str(d) for d in range(10)), "GANgealing (K=10, Lloyd seeds, gan-mnist)"),
+                                       tuple(str(d) for d in range(10)), "GANgealing (K=10, Lloyd seeds + re-seeding, gan-mnist)"),
 }
 
 GENERATORS: Dict[str, GeneratorEntry] = {
