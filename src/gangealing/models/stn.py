@@ -259,10 +259,16 @@ def copy_head(stn: nn.Module, src: int, dst: int, optimizer: Optional[torch.opti
         for (p, a), (_, b) in zip(m.head_rows(src), m.head_rows(dst)):
             a, b = a.to(p.device), b.to(p.device)
             p[b] = p[a]
-            state = optimizer.state.get(p, {}) if optimizer is not None else {}
-            for v in state.values():
-                if torch.is_tensor(v) and v.shape == p.shape:
-                    v[b] = v[a]
+            copy_state_rows(optimizer, p, a, b)
+
+
+@torch.no_grad()
+def copy_state_rows(optimizer: Optional[torch.optim.Optimizer], p: nn.Parameter, src, dst) -> None:
+    """Copy rows ``src`` of ``optimizer``'s per-parameter state tensors of ``p`` (Adam's moments:
+    shaped as ``p``) to rows ``dst``; nothing without an optimizer or state."""
+    for v in (optimizer.state.get(p, {}) if optimizer is not None else {}).values():
+        if torch.is_tensor(v) and v.shape == p.shape:
+            v[dst] = v[src]
 
 
 def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int) -> torch.Tensor:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from gangealing.build import build, build_from_checkpoint, load_state_strict, make_checkpoint
 from gangealing.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gangealing.models.pca import fit_pca, sample_w
-from gangealing.models.stn import copy_head
+from gangealing.models.stn import copy_head, copy_state_rows
 from gangealing.models.target import kmeans_candidate_wplus, kmeans_plusplus_targets, lloyd_medoids
 
 from .objective import classifier_batch, congealing_step, jitter_inputs, make_resize
@@ -194,7 +194,7 @@ class Reseed:
 
     shares: List[float]  # each head's share of the fresh samples (the min-distance rule, psi = 0)
     costs: List[float]  # each head's removal cost (see reseed_heads)
-    heads: List[int]  # the heads re-seeded (fewest wins first)
+    heads: List[int]  # the heads re-seeded (lowest removal cost first)
     sources: List[int]  # for each, the head whose transformer it now starts from
 
 
@@ -264,9 +264,7 @@ def reseed_heads(generator: nn.Module, stn: nn.Module, target: nn.Module, loss_f
             continue
         coef = target.coefficients
         coef[h] = (w[i].to(target.lat_mean) - target.lat_mean[0]) @ target.directions.T
-        for v in (ll_optim.state.get(coef, {}) if ll_optim is not None else {}).values():
-            if torch.is_tensor(v) and v.shape == coef.shape:
-                v[h] = v[src]
+        copy_state_rows(ll_optim, coef, src, h)
         copy_head(stn, src, h, t_optim)
         for m in also:
             copy_head(m, src, h)
@@ -554,7 +552,7 @@ class GANgealingTrainer:
         return TrainResult(self.run.path, self.step, model_path, dict(self.last_losses), time.time() - t0, stopped_by)
 
     def reseed(self) -> Reseed:
-        """Re-seed the heads that win (almost) no samples (:func:`reseed_heads`, ``cfg.reseed_*``). The
+        """Re-seed the heads the others would replace (:func:`reseed_heads`, ``cfg.reseed_*``). The
         samples come from a stream seeded by the run's seed and the step: the same on every process and
         after a resume."""
         cfg = self.cfg
