@@ -66,6 +66,7 @@ from ..baselines.congealing import gaussian_blur
 from ..geometry.similarity import compose, invert
 from ..losses.flow import flow_identity_loss, total_variation_loss
 from .runtime import MetricsLogger, progress, seed_everything
+from .schedules import cosine_anneal
 
 __all__ = ["RefineConfig", "RefineResult", "scratch_stn", "pose_of", "Refiner", "refine",
            "load_refine_images", "save_refined", "default_config", "MIN_IMAGES", "SCRATCH_SIZE", "SCRATCH_CHANNELS",
@@ -497,7 +498,7 @@ def _rates(cfg: RefineConfig, step: int, warm: int, n_groups: int) -> List[float
     def scheduled(t: int, span: int) -> float:
         if cfg.lr_schedule == "constant":
             return cfg.lr
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(t, span) / max(span, 1)))
+        return cosine_anneal(min(t, span), max(span, 1), start=cfg.lr, end=0.0)
 
     rates = [scheduled(step, cfg.steps)]
     if n_groups > 1:
