@@ -91,7 +91,7 @@ GENERATORS: Dict[str, GeneratorEntry] = {
     "gan-dog-r1": GeneratorEntry("models/gan-dog-r1/generator.pt", "animals:dog", "tiny (R1 1, ADA), CPU, 11.3k steps of 16"),
     "gan-horse": GeneratorEntry("models/gan-horse/generator.pt", "animals:horse", "tiny arch., H200, 3.8k steps of 64"),
     "gan-horse-r1": GeneratorEntry("models/gan-horse-r1/generator.pt", "animals:horse",
-                                   "tiny (R1 1, ADA), CPU, 18.7k steps of 16"),
+                                   "tiny (R1 1, ADA), CPU, 20.8k steps of 16"),
 }
 
 
