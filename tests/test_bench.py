@@ -325,6 +325,17 @@ def test_resume_refuses_a_changed_model_file(tmp_path):
         B.run_bench(cfg, models=[], extra=extra, progress=False, resume=saved[-1])
 
 
+def test_a_model_file_named_as_a_zoo_model_is_refused_with_the_way_to_bench_it(tmp_path):
+    from gangealing.zoo import parse_model_spec
+    from helpers import tiny_checkpoint
+
+    (tmp_path / "gangealing-cat").mkdir()
+    path = tiny_checkpoint(tmp_path / "gangealing-cat" / "model.pt", size=16)
+    extra = dict([parse_model_spec(f"{path}=animals:cat=a label")])  # the label does not rename it
+    with pytest.raises(ValueError, match="--models gangealing-cat"):
+        B.run_bench(_quick_cfg(animal_classes=("cat",)), models=[], extra=extra, progress=False)
+
+
 @pytest.mark.slow
 def test_mnist_refine_rows_all_stages_similarity_only_and_inductive(tmp_path, monkeypatch):
     from gangealing.predictor import Congealer

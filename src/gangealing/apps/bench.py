@@ -447,7 +447,10 @@ def run_bench(cfg: BenchConfig = BenchConfig(), models: Optional[Sequence[str]] 
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(MODELS))
     if clash:
-        raise ValueError(f"model name(s) {', '.join(clash)} already in the zoo; rename the folder or file")
+        # A --model FILE is named after its folder: models/gangealing-cat/model.pt is the zoo's own entry.
+        raise ValueError(f"model name(s) {', '.join(clash)} already in the zoo (a --model FILE is named after "
+                         f"its folder); bench the zoo's model with --models {' '.join(clash)}, or give "
+                         "another file a folder or file name of its own")
     entries: Dict[str, ModelEntry] = {**MODELS, **extra}
     if congealers is None:
         found, missing = available_models(models, root)
