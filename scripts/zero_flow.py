@@ -2,7 +2,7 @@
 
     python scripts/zero_flow.py MODEL.pt OUT.pt
 
-A test-time ablation (BENCHMARKS.md section 2): it shows what the trained flow adds to the trained
+A test-time ablation (BENCHMARKS.md sections 1 and 2): it shows what the trained flow adds to the trained
 similarity of one model (bench both files), where a model trained without a flow (`--transforms
 similarity`) shows what the flow adds to training. The last layer of every flow head predicts the
 low-resolution flow, which the convex upsampling only mixes, so zeroing its weights and bias zeroes

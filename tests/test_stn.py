@@ -293,3 +293,33 @@ def test_input_validation():
         model(images(), flip="yes")
     with pytest.raises(ValueError):
         SpatialTransformer(tiny(("flow", "similarity")))
+
+
+def test_zero_flow_script_writes_a_similarity_only_copy_and_keeps_the_input(tmp_path, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from gangealing.checkpoint import load_checkpoint, save_checkpoint
+    from gangealing.predictor import Congealer
+    from helpers import tiny_checkpoint
+
+    src = Path(tiny_checkpoint(tmp_path / "m.pt", size=16, translate=0.25))
+    ckpt = load_checkpoint(src)
+    for k in [k for k in ckpt.state["stn"] if ".flow_out.2." in k]:  # a flow that is not the identity
+        ckpt.state["stn"][k] = torch.randn_like(ckpt.state["stn"][k])
+    save_checkpoint(ckpt, src)
+    before = src.read_bytes()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "zero_flow.py"
+    monkeypatch.setattr(sys, "argv", ["zero_flow.py", str(src), str(tmp_path / "out.pt")])
+    runpy.run_path(str(script), run_name="__main__")
+    assert src.read_bytes() == before  # the input is never written
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        a = Congealer.from_checkpoint(str(src)).stn(x)
+        b = Congealer.from_checkpoint(str(tmp_path / "out.pt")).stn(x)
+    assert a.flow.abs().max() > 0 and b.flow.abs().max() == 0
+    assert torch.allclose(a.matrix, b.matrix)  # the similarity is untouched
+    monkeypatch.setattr(sys, "argv", ["zero_flow.py", str(src), str(src)])
+    with pytest.raises(SystemExit, match="never overwritten"):
+        runpy.run_path(str(script), run_name="__main__")
