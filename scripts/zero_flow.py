@@ -17,7 +17,9 @@ import torch
 
 
 def main() -> None:
+    from gangealing.build import build_from_checkpoint
     from gangealing.checkpoint import load_checkpoint, save_checkpoint
+    from gangealing.models.stn import FlowHead
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -26,15 +28,17 @@ def main() -> None:
     if Path(args.out).resolve() == Path(args.model).resolve():
         raise SystemExit("error: OUT must differ from MODEL (the input model is never overwritten)")
     ckpt = load_checkpoint(args.model)
-    stn = ckpt.state.get("stn", {})
-    # FlowHead.flow_out = (conv, ReLU, conv): module 2 is the layer that outputs the flow.
-    keys = [k for k in stn if ".flow_out.2." in k]
-    if not keys:
+    stn = build_from_checkpoint(ckpt, "stn")
+    heads = [m for m in stn.modules() if isinstance(m, FlowHead)]
+    if not heads:
         raise SystemExit(f"error: {args.model} has no flow head (a similarity-only model already)")
-    for k in keys:
-        stn[k] = torch.zeros_like(stn[k])
+    with torch.no_grad():
+        for m in heads:
+            for p in m.flow_out[-1].parameters():  # the layer that outputs the low-resolution flow
+                p.zero_()
+    ckpt.state["stn"] = stn.state_dict()
     save_checkpoint(ckpt, args.out)
-    print(f"zeroed {', '.join(keys)} -> {args.out}")
+    print(f"zeroed the flow of {len(heads)} flow head(s) -> {args.out}")
 
 
 if __name__ == "__main__":
