@@ -5,6 +5,7 @@ measured canvases, the scratch transformer's flow grid and flow warm-up set.
     python scripts/scratch_guard_study.py --flow-downsample 4
     python scripts/scratch_guard_study.py --flow-downsample 4 --flow-warmup 0.5
     python scripts/scratch_guard_study.py --lr-schedule cosine
+    python scripts/scratch_guard_study.py --flow-downsample 4 --set tv_weight=100
 
 The rows are the bench's own (``gangealing.apps.bench._pck_rows`` with ``refine=True`` and no
 models: no alignment and refine from nothing). Prints PCK@0.1 and @0.05 of both tasks and the fit time.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 
 import torch
 
@@ -26,18 +28,22 @@ def main() -> None:
     p.add_argument("--flow-warmup", type=float, default=R.RefineConfig.flow_warmup,
                    help="fraction of the steps with the flow frozen (the similarity first)")
     p.add_argument("--lr-schedule", default=R.RefineConfig.lr_schedule, choices=("constant", "cosine"))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="RefineConfig overrides of the from-nothing defaults (values read as JSON)")
     p.add_argument("--digit", default="3")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    over = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
 
     # The bench builds the scratch transformer and its config inside _refined: set them there.
     scratch, config = R.scratch_stn, R.default_config
     R.scratch_stn = lambda *a, **kw: scratch(*a, **{"flow_downsample": args.flow_downsample, **kw})
     R.default_config = lambda from_model, **kw: dataclasses.replace(config(from_model, **kw), flow_warmup=args.flow_warmup,
-                                                                         lr_schedule=args.lr_schedule)
+                                                                         lr_schedule=args.lr_schedule, **over)
     rows = B._pck_rows(B.BenchConfig(classic=False, refine=True), args.digit, {}, {}, lambda: None)
-    print(f"--flow-downsample {args.flow_downsample} --flow-warmup {args.flow_warmup} --lr-schedule {args.lr_schedule}")
+    print(f"--flow-downsample {args.flow_downsample} --flow-warmup {args.flow_warmup} --lr-schedule {args.lr_schedule} "
+          f"--set {' '.join(args.set)}")
     for r in rows:
         print(f"{r['task']:30s} {r['method'][:60]:60s} {r['pck@0.1']:.4f} {r['pck@0.05']:.4f} {r.get('fit_seconds', '')}")
 

@@ -66,11 +66,15 @@ def _tiny_cfg(**kw):
     return RefineConfig(**base)
 
 
-def test_refine_from_nothing_undoes_rotations_and_shifts_without_zooming():
+# (flow grid, flow warm-up, bound on the angle correlation). The default grid (size / 4) lets the flow
+# take a share of the rotation (measured -0.78); coarser (size / 8) the similarity takes all of it
+# (-0.96), and so it does on the default grid when the flow is frozen for the first 30% (-0.935).
+@pytest.mark.parametrize("flow_downsample,flow_warmup,angle_corr", [(None, 0.0, -0.7), (8, 0.0, -0.9), (None, 0.3, -0.9)])
+def test_refine_from_nothing_undoes_rotations_and_shifts_without_zooming(flow_downsample, flow_warmup, angle_corr):
     torch.manual_seed(0)
     imgs, known = _copies(n=24, size=16)
-    stn = scratch_stn(16, channels=16)
-    res = refine(stn, imgs, _tiny_cfg())
+    stn = scratch_stn(16, channels=16, **({} if flow_downsample is None else {"flow_downsample": flow_downsample}))
+    res = refine(stn, imgs, _tiny_cfg(flow_warmup=flow_warmup))
     with torch.no_grad():
         out = res.stn(imgs)
     before, after = _spread(imgs), _spread(out.images)
@@ -80,10 +84,9 @@ def test_refine_from_nothing_undoes_rotations_and_shifts_without_zooming():
     assert pose[:, 1].abs().max() < math.log(1.2), pose[:, 1]
     assert pose[:, 1].mean().abs() < 0.05
     # The similarity did the work: its angles and shifts follow the known ones (inverse warps, so the
-    # correlation is negative; measured -0.96 and -0.98). With a finer flow grid (--flow-downsample 4)
-    # the flow takes a share of the rotation (angle correlation -0.78, the same final spread).
+    # correlation is negative; shifts -0.98 in all three cases, angles as the parameters say).
     corr = lambda a, b: float(torch.corrcoef(torch.stack([a, b]))[0, 1])  # noqa: E731
-    assert corr(pose[:, 0], known[:, 0]) < -0.9, pose[:, 0]
+    assert corr(pose[:, 0], known[:, 0]) < angle_corr, pose[:, 0]
     assert corr(pose[:, 2], known[:, 2]) < -0.9 and corr(pose[:, 3], known[:, 3]) < -0.9
 
 
@@ -235,7 +238,6 @@ def test_default_configs_differ_by_start():
     assert default_config(True).anchor_weight > 0 and default_config(False).anchor_weight == 0
     assert default_config(False, steps=7, lr=None).steps == 7 and default_config(True, lr=None).lr == 3e-3
     assert default_config(True, tv_weight=50.0).tv_weight == 50.0 and default_config(True).patience_after == 0.5
-    assert default_config(False).tv_weight < default_config(True).tv_weight  # a model's flow stays smoother
 
 
 def test_distillation_starts_from_the_set_level_fit():

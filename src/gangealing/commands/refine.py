@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"from nothing: widest layer of the transformer (default {SCRATCH_CHANNELS})")
     p.add_argument("--flow-downsample", type=positive_int, default=None,
                    help="from nothing: the flow is regressed at size / this and convex-upsampled (a power of two, 2-16; "
-                        f"default {SCRATCH_FLOW_DOWNSAMPLE}, as GANgealing's transformers)")
+                        f"default {SCRATCH_FLOW_DOWNSAMPLE}: an 8 x 8 grid at 32 px; GANgealing's transformers use 8)")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="most training steps")
     p.add_argument("--minutes", type=positive_float, default=None, help="stop after this many minutes (best held-out weights kept)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch, help="images per step")
@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--stages", choices=("all", "similarity"), default=None,
                    help="which stages of the transformer are trained: all, or the similarity only (the flow keeps "
                         "the starting model's weights, so it cannot bend one shape onto another; default all)")
-    p.add_argument("--tv-weight", type=float, default=None, help="flow total-variation weight (default 100 with --ckpt, 10 from nothing)")
+    p.add_argument("--tv-weight", type=float, default=None, help="flow total-variation weight (default 100)")
     p.add_argument("--identity-weight", type=float, default=None, help=f"flow identity weight (default {d.identity_weight:g})")
     p.add_argument("--anchor-weight", type=float, default=None,
                    help="weight of the distance to the starting warp (default 1 with --ckpt, 0 from nothing)")
