@@ -238,6 +238,9 @@ def test_default_configs_differ_by_start():
     assert default_config(True).anchor_weight > 0 and default_config(False).anchor_weight == 0
     assert default_config(False, steps=7, lr=None).steps == 7 and default_config(True, lr=None).lr == 3e-3
     assert default_config(True, tv_weight=50.0).tv_weight == 50.0 and default_config(True).patience_after == 0.5
+    # The similarity stage alone takes a smaller rate unless one is given.
+    assert default_config(True, stages="similarity").lr < default_config(True).lr
+    assert default_config(True, stages="similarity", lr=3e-3).lr == 3e-3
 
 
 def test_distillation_starts_from_the_set_level_fit():

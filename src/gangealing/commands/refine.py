@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=d.steps, help="most training steps")
     p.add_argument("--minutes", type=positive_float, default=None, help="stop after this many minutes (best held-out weights kept)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch, help="images per step")
-    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 3e-3; 1.5e-3 with --stages similarity)")
     p.add_argument("--distill-steps", type=non_negative_int, default=None,
                    help="steps regressing the grids of a set-level per-image fit before the objective (0: none)")
     p.add_argument("--template", choices=("auto", "mean", "gan", "both"), default="auto",
