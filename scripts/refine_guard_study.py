@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 
 import torch
@@ -41,13 +40,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    over = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.overrides)}
-    over = {k: tuple(v) if isinstance(v, list) else v for k, v in over.items()}
+    over = R.parse_overrides(args.overrides)
 
     # The bench builds its refine config with default_config(from_model, ...): override the adapting one.
     base_config = R.default_config
-    R.default_config = lambda from_model, **kw: (dataclasses.replace(base_config(from_model, **kw), **over)
-                                                 if from_model else base_config(from_model, **kw))
+    R.default_config = lambda from_model, **kw: base_config(from_model, **{**kw, **over}) if from_model else base_config(from_model, **kw)
     entry = MODELS[args.model]
     digit, path = entry.classes[0], str(resolve_model_file(entry.path))
     c = Congealer.from_checkpoint(path)

@@ -13,7 +13,6 @@ on the 100 test images that are measured (set-level), ``--split train`` on the 9
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
@@ -27,7 +26,8 @@ def main() -> None:
     from gangealing.predictor import Congealer
     from gangealing.pretrained import resolve_checkpoint
     from gangealing.models.target import gan_template
-    from gangealing.train.refine import SCRATCH_CHANNELS, SCRATCH_FLOW_DOWNSAMPLE, Refiner, default_config, scratch_stn
+    from gangealing.train.refine import (SCRATCH_CHANNELS, SCRATCH_FLOW_DOWNSAMPLE, Refiner, default_config,
+                                         parse_overrides, scratch_stn)
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cls", help="animal class (cat, dog, horse, ...)")
@@ -43,8 +43,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    overrides = parse_overrides(args.set)
     images, masks, _ = animal_test_set(f"animals:{args.cls}")
     fit_images = images if args.split == "test" else animal_test_set(f"animals:{args.cls}", "train")[0]
     pairs = random_pairs(np.zeros(len(images), dtype=np.int64), 1000, 0)  # the bench's pairs (seed 0)

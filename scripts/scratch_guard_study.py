@@ -13,8 +13,6 @@ models: no alignment and refine from nothing). Prints PCK@0.1 and @0.05 of both 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 
 import torch
 
@@ -34,13 +32,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    over = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    over = {"flow_warmup": args.flow_warmup, "lr_schedule": args.lr_schedule, **R.parse_overrides(args.set)}
 
     # The bench builds the scratch transformer and its config inside _refined: set them there.
     scratch, config = R.scratch_stn, R.default_config
     R.scratch_stn = lambda *a, **kw: scratch(*a, **{"flow_downsample": args.flow_downsample, **kw})
-    R.default_config = lambda from_model, **kw: dataclasses.replace(config(from_model, **kw), flow_warmup=args.flow_warmup,
-                                                                         lr_schedule=args.lr_schedule, **over)
+    R.default_config = lambda from_model, **kw: config(from_model, **{**kw, **over})
     rows = B._pck_rows(B.BenchConfig(classic=False, refine=True), args.digit, {}, {}, lambda: None)
     print(f"--flow-downsample {args.flow_downsample} --flow-warmup {args.flow_warmup} --lr-schedule {args.lr_schedule} "
           f"--set {' '.join(args.set)}")

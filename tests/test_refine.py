@@ -234,6 +234,17 @@ def test_bad_input_is_one_line_errors():
         Refiner(scratch_stn(16, 16), RefineConfig(template="gan"))
 
 
+def test_parse_overrides_reads_json_values_and_refuses_unknown_keys():
+    from gangealing.train.refine import parse_overrides
+
+    over = parse_overrides(["tv_weight=50", 'stages="similarity"', "blur=[0.5,0.5]"])
+    assert over == {"tv_weight": 50, "stages": "similarity", "blur": (0.5, 0.5)}
+    assert default_config(False, **over).lr == default_config(True, stages="similarity").lr  # the stage's own rate
+    for bad in (["tv=1"], ["tv_weight"]):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            parse_overrides(bad)
+
+
 def test_default_configs_differ_by_start():
     assert default_config(True).anchor_weight > 0 and default_config(False).anchor_weight == 0
     assert default_config(False, steps=7, lr=None).steps == 7 and default_config(True, lr=None).lr == 3e-3

@@ -50,12 +50,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ from .runtime import MetricsLogger, progress, seed_everything
 from .schedules import cosine_anneal
 
 __all__ = ["RefineConfig", "RefineResult", "scratch_stn", "pose_of", "Refiner", "refine",
-           "load_refine_images", "save_refined", "default_config", "MIN_IMAGES", "SCRATCH_SIZE", "SCRATCH_CHANNELS",
+           "load_refine_images", "save_refined", "default_config", "parse_overrides", "MIN_IMAGES", "SCRATCH_SIZE", "SCRATCH_CHANNELS",
            "SCRATCH_FLOW_DOWNSAMPLE"]
 
 MIN_IMAGES = 4  # fewest images that leave both a training and a held-out split of two
@@ -141,6 +142,21 @@ def default_config(from_model: bool, **overrides: Any) -> RefineConfig:
     base = dict(tv_weight=100.0, lr=1.5e-3 if similarity_only else 3e-3, anchor_weight=1.0 if from_model else 0.0)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return RefineConfig(**base)
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """``["KEY=VALUE", ...]`` -> keyword overrides for :func:`default_config` (the study scripts'
+    ``--set``): values read as JSON (``tv_weight=100``, ``stages='"similarity"'``), lists as tuples
+    (``blur=[0.5,0.5]``); a key that is not a :class:`RefineConfig` field is refused by name."""
+    fields = {f.name for f in dataclasses.fields(RefineConfig)}
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        v = json.loads(value)
+        out[key] = tuple(v) if isinstance(v, list) else v
+    return out
 
 
 @dataclass
