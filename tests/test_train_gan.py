@@ -177,3 +177,41 @@ def test_max_seconds_stops_with_a_checkpoint(images, tmp_path):
         res = train_gan(micro(images, iters=1000, ckpt_every=1000), tmp_path / "run", device="cpu",
                         cache_dir=tmp_path / "c", show_progress=False, max_seconds=0.0)
     assert res.step == 1 and load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt").step == 1
+
+
+def test_init_generator_fine_tunes_with_a_fresh_discriminator(images, tmp_path):
+    """--init-generator starts G and its EMA from an exported generator; during --d-warmup only D
+    moves; then G trains; another architecture is refused in one line, before anything is trained."""
+    kw = dict(device="cpu", cache_dir=tmp_path / "cache", show_progress=False)
+    with pytest.warns(UserWarning):
+        train_gan(micro(images, iters=2), tmp_path / "base", **kw)
+    exported = export_generator(tmp_path / "base", tmp_path / "g.pt")
+    start = load_checkpoint(exported).state["generator"]
+
+    trainer = GANTrainer(micro(images, iters=5, init_generator=str(exported), d_warmup=3), tmp_path / "ft", **kw)
+    assert trainer.step == 0
+    assert all(torch.equal(trainer.G.state_dict()[k], v) and torch.equal(trainer.G_ema.state_dict()[k], v)
+               for k, v in start.items())
+    d0 = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    res = trainer.fit(max_steps=3)
+    assert res.step == 3
+    assert all(torch.equal(trainer.G.state_dict()[k], v) for k, v in start.items())  # frozen in the warm-up
+    assert all(torch.equal(trainer.G_ema.state_dict()[k], v) for k, v in start.items())
+    assert any(not torch.equal(trainer.D.state_dict()[k], v) for k, v in d0.items())
+    assert "loss_g" not in read_metrics(tmp_path / "ft" / "metrics.jsonl")[-1]
+    trainer.fit()
+    assert trainer.step == 5
+    assert any(not torch.equal(trainer.G.state_dict()[k], v) for k, v in start.items())
+    assert "loss_g" in read_metrics(tmp_path / "ft" / "metrics.jsonl")[-1]
+    trainer.run.release()
+
+    # A resumed fine-tuning run continues from its own checkpoint (the generator file is not read again).
+    exported.unlink()
+    again = GANTrainer(micro(images, iters=6, init_generator=str(exported), d_warmup=3), tmp_path / "ft", **kw)
+    assert again.step == 5
+    again.run.release()
+
+    with pytest.raises(ValueError, match="another generator architecture.*style_dim"):
+        GANTrainer(micro(images, iters=2, style_dim=8, init_generator=str(tmp_path / "base" / "checkpoints" / "last.pt")),
+                   tmp_path / "other", **kw)
+    assert not (tmp_path / "other" / "config.json").exists()  # refused before the run folder records anything

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..build import build, make_checkpoint
+from ..build import build, load_state_strict, make_checkpoint
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import ConfigBase, DiscriminatorConfig, GeneratorConfig, setting
 from .augment import ADA_DEFAULT_POLICY, AdaptiveP, ada_augment, diff_augment, parse_ada_policy, parse_policy
@@ -92,6 +92,11 @@ class GANTrainConfig(ConfigBase):
     ada_policy: str = setting("auto", "ADA ops: auto (translation,scale,rotation,brightness,contrast, + xflip with "
                               "--mirror) or a comma list of xflip, translation, scale, rotation, brightness, contrast")
     ada_max_angle: float = setting(180.0, "ADA: largest rotation in degrees")
+    # fine-tuning: start from a trained generator (e.g. an exported one) with a fresh discriminator
+    init_generator: str = setting("", "start G and its EMA from this generator (a file, e.g. an --export, or a zoo "
+                                  "name; the same architecture): fine-tuning, D starts fresh")
+    d_warmup: int = setting(0, "steps that train D alone (G and its EMA frozen) before G moves: lets a fresh D "
+                            "catch up with --init-generator before its gradients reach G")
     seed: int = setting(0, "random seed")
     amp: bool = setting(True, "bf16 mixed precision (GPU only)")
     # bookkeeping
@@ -111,7 +116,7 @@ class GANTrainConfig(ConfigBase):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.size < 4 or self.size & (self.size - 1):
             raise ValueError(f"--size must be a power of two >= 4, got {self.size}")
-        for name in ("r1", "path_reg", "ema_kimg", "ema_rampup", "keep", "d_reg_every", "g_reg_every"):
+        for name in ("r1", "path_reg", "ema_kimg", "ema_rampup", "keep", "d_reg_every", "g_reg_every", "d_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("beta1", "beta2", "mixing", "augment_p"):
@@ -296,6 +301,8 @@ class GANTrainer:
         if len(self.data) < cfg.batch:
             raise ValueError(f"{cfg.data}: {len(self.data)} images, fewer than one batch of {cfg.batch}; "
                              "add images or lower --batch")
+        init_state = (self._read_init_generator(cfg.init_generator)
+                      if resume is None and cfg.init_generator else None)
         self.run.save_config(cfg)  # only once the settings and the data have passed their checks
 
         # Models and optimisers.
@@ -314,12 +321,32 @@ class GANTrainer:
         self.sample_z = torch.randn(cfg.n_sample, cfg.style_dim, generator=torch.Generator().manual_seed(cfg.seed))
         if resume is not None:
             self._load_state(resume)
+        elif init_state is not None:  # fine-tuning: optimisers, D, the step and the EMA ramp-up start fresh
+            load_state_strict(self.G, init_state, f"--init-generator {cfg.init_generator}")
+            self.G_ema.load_state_dict(self.G.state_dict())
         broadcast_module(self.G)
         broadcast_module(self.D)
         broadcast_module(self.G_ema)
         self.amp = cfg.amp and self.device.type == "cuda"
 
     # -------------------------------------------------------------------------------- state
+    def _read_init_generator(self, source: str) -> Dict[str, Tensor]:
+        """The weights of ``--init-generator`` (a generator file in any format ``gangealing.io``
+        imports, a zoo or released name), checked against this run's generator architecture."""
+        from ..pretrained import resolve_checkpoint as resolve_source
+
+        ckpt = resolve_source(source)
+        if "generator" not in ckpt.config:
+            raise CheckpointError(f"--init-generator {source}: a {ckpt.kind} checkpoint without a generator")
+        theirs = GeneratorConfig.from_dict(dict(ckpt.config["generator"]))
+        ours = self.cfg.generator_config()
+        if theirs != ours:
+            diff = ", ".join(f"{f}: theirs {getattr(theirs, f)}, this run's {getattr(ours, f)}"
+                             for f in ours.to_dict() if getattr(theirs, f) != getattr(ours, f))
+            raise ValueError(f"--init-generator {source}: another generator architecture ({diff}); pass the "
+                             "same --size/--style-dim/--n-mlp/--g-* flags (or the preset) it was trained with")
+        return {k: v.to(self.device) for k, v in ckpt.state["generator"].items()}
+
     def _load_state(self, ckpt: Dict[str, Any]) -> None:
         tr = ckpt["training"]
         self.G.load_state_dict(tr["generator"])
@@ -436,6 +463,10 @@ class GANTrainer:
             self.d_optim.step()
             out["r1"] = r1.detach()
 
+        if self.step < cfg.d_warmup:  # D alone: G and its EMA stay as they are
+            self.step += 1
+            return out
+
         # Generator.
         G.requires_grad_(True)
         D.requires_grad_(False)
@@ -520,7 +551,7 @@ class GANTrainer:
                     vals.update(sec_per_iter=dt, images_per_sec=cfg.batch * self.di.world_size / max(dt, 1e-9),
                                 kimg=self.step * cfg.batch * self.di.world_size / 1000)
                     metrics.log(self.step, **vals)
-                    bar.set_postfix(d=f"{vals['loss_d']:.3f}", g=f"{vals['loss_g']:.3f}", refresh=False)
+                    bar.set_postfix(d=f"{vals['loss_d']:.3f}", g=f"{vals.get('loss_g', float('nan')):.3f}", refresh=False)
                     last, acc, counts, n_acc, t_log = vals, {}, {}, 0, time.time()
                 if self.step % cfg.sample_every == 0 or done:
                     path = self.save_samples()
