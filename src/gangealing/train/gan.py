@@ -93,8 +93,9 @@ class GANTrainConfig(ConfigBase):
                               "--mirror) or a comma list of xflip, translation, scale, rotation, brightness, contrast")
     ada_max_angle: float = setting(180.0, "ADA: largest rotation in degrees")
     # fine-tuning: start from a trained generator (e.g. an exported one) with a fresh discriminator
-    init_generator: str = setting("", "start G and its EMA from this generator (a file, e.g. an --export, or a zoo "
-                                  "name; the same architecture): fine-tuning, D starts fresh")
+    init_generator: str = setting("", "start a new run's G and its EMA from this generator (a file or a zoo name; "
+                                  "the same architecture) with a fresh D: for a new dataset; it does not resume "
+                                  "a run (docs/train-gan.md)")
     d_warmup: int = setting(0, "steps that train D alone (G and its EMA frozen) before G moves: lets a fresh D "
                             "catch up with --init-generator before its gradients reach G")
     seed: int = setting(0, "random seed")
