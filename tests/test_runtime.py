@@ -50,6 +50,25 @@ def test_run_dir_checkpoints(tmp_path):
     assert other.save_checkpoint({"x": 1}, 1) is None and not (tmp_path / "other").exists()
 
 
+@pytest.mark.parametrize("links", [True, False])
+def test_a_pinned_checkpoint_outlives_pruning_and_later_writes(tmp_path, monkeypatch, links):
+    if not links:  # a file system without hard links: an atomic copy
+        def no_link(*a):
+            raise OSError("hard links not supported")
+
+        monkeypatch.setattr(os, "link", no_link)
+    run = RunDir(tmp_path / "run", keep=1)
+    run.save_checkpoint({"step": torch.tensor(1)}, 1)
+    pinned = run.pin_checkpoint(run.checkpoints / "last.pt", 1)
+    assert pinned.name == "branch-0000001.pt" and run.pin_checkpoint(run.checkpoints / "last.pt", 1) == pinned
+    for step in (2, 3):  # last.pt is replaced and 0000001.pt pruned; the pin keeps step 1's contents
+        run.save_checkpoint({"step": torch.tensor(step)}, step)
+    assert [p.name for p in run.numbered_checkpoints()] == ["0000003.pt"]
+    assert torch.load(pinned, weights_only=True)["step"].item() == 1
+    assert run.latest_checkpoint().name == "last.pt" and not list(run.checkpoints.glob(".*.tmp"))
+    assert RunDir(tmp_path / "other", is_primary=False).pin_checkpoint(pinned, 1) is None
+
+
 def test_metrics_logger_appends(tmp_path):
     path = tmp_path / "metrics.jsonl"
     with MetricsLogger(path, tensorboard=False) as m:

@@ -20,7 +20,7 @@ from gangealing.losses.perceptual import PixelDistance
 from gangealing.train.classifier import ClassifierTrainer, train_classifier
 from gangealing.train.gangealing import GANgealingTrainer
 from gangealing.train.presets import ClassifierTrainConfig, get_preset
-from gangealing.train.runtime import RunInUseError
+from gangealing.train.runtime import RunDir, RunInUseError
 from helpers import tiny_cfg, tiny_generator
 
 TINY_FLAGS = ["--preset", "tiny", "--flow-size", "16", "--input-size", "16", "--stn-max-channels", "16", "--batch", "4",
@@ -71,9 +71,16 @@ def test_a_changed_setting_is_refused_by_name_or_taken_explicitly(tmp_path):
     assert tr.step == 1 and tr.cfg.tv_weight == 123.0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["tv_weight"] == 123.0 and "init" in saved
-    assert saved["changes"] == [{"step": 1, "tv_weight": [1000.0, 123.0], "iters": [3, 2]}]
+    # The branch point is kept out of the checkpoint pruning, so the run can be branched again from it.
+    assert saved["changes"] == [{"step": 1, "tv_weight": [1000.0, 123.0], "iters": [3, 2],
+                                 "branch_checkpoint": "checkpoints/branch-0000001.pt"}]
     tr.fit()
     assert load_checkpoint(tmp_path / "run" / "model.pt").meta["train"]["tv_weight"] == 123.0
+    branch = load_checkpoint(tmp_path / "run" / "checkpoints" / "branch-0000001.pt")
+    assert branch.step == 1 and branch.meta["train"]["tv_weight"] == 1000.0
+    assert RunDir(tmp_path / "run").latest_checkpoint().name == "last.pt"
+    trainer(cfg.replace(tv_weight=123.0, iters=3), tmp_path / "run").run.release()  # only --iters: no new pin
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("branch-*")) == ["branch-0000001.pt"]
     other = build("generator", GeneratorConfig(size=16, style_dim=16, n_mlp=2, max_channels=16))
     with pytest.raises(ValueError, match="another generator"):
         GANgealingTrainer(cfg.replace(iters=2), other, tmp_path / "run", loss_fn=PixelDistance(2), show_progress=False)

@@ -448,7 +448,12 @@ class GANgealingTrainer:
                                   change_settings, where)
         if changes:  # config.json says what the run continues with, and since when
             saved = self.run.load_config() or {}
-            history = saved.get("changes", []) + [{"step": int(ts["step"]), **{k: list(v) for k, v in changes.items()}}]
+            entry = {"step": int(ts["step"]), **{k: list(v) for k, v in changes.items()}}
+            if any(k not in RESUMABLE for k in changes):  # what is learned changes: keep the branch point
+                pinned = self.run.pin_checkpoint(path, int(ts["step"]))
+                if pinned is not None:
+                    entry["branch_checkpoint"] = str(pinned.relative_to(self.run.path))
+            history = saved.get("changes", []) + [entry]
             self.run.save_config({**saved, "train": dataclasses.asdict(self.cfg), "changes": history})
         load_state_strict(self.stn_ema, ckpt.state["stn"], "checkpoint transformer (EMA)")
         load_state_strict(self.target, ckpt.state["target"], "checkpoint target")

@@ -268,6 +268,22 @@ class RunDir:
                 old.unlink(missing_ok=True)
         return last
 
+    def pin_checkpoint(self, path: PathLike, step: int) -> Optional[Path]:
+        """Keep ``path`` (the checkpoint a run resumes from) as ``checkpoints/branch-NNNNNNN.pt``, out of
+        the pruning of :meth:`save_checkpoint`: a run continued with other settings can still be
+        branched again from where its settings changed (hard link where the file system allows, else
+        an atomic copy). Returns the pinned path (None off the primary)."""
+        if not self.is_primary:
+            return None
+        dst = self.checkpoints / f"branch-{int(step):07d}.pt"
+        if dst.exists():
+            return dst
+        try:
+            os.link(path, dst)
+        except OSError:  # no hard links here (another device, some network file systems): copy
+            atomic_write(dst, lambda f: f.write(Path(path).read_bytes()))
+        return dst
+
 
 def check_resume_settings(saved: Any, cfg: Any, resumable: Sequence[str], changeable: Sequence[str] = (),
                           change_settings: bool = False, where: str = "this run") -> Dict[str, Tuple[Any, Any]]:
