@@ -24,6 +24,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -281,7 +282,8 @@ class RunDir:
         try:
             os.link(path, dst)
         except OSError:  # no hard links here (another device, some network file systems): copy
-            atomic_write(dst, lambda f: f.write(Path(path).read_bytes()))
+            with open(path, "rb") as src:  # streamed: a paper-size checkpoint need not fit in memory
+                atomic_write(dst, lambda f: shutil.copyfileobj(src, f))
         return dst
 
 
